@@ -1,0 +1,275 @@
+"""Typed configuration: YAML files in `configs/` loaded into dataclasses, with `--set` overrides.
+
+The dataclass defaults below *are* the reference recipe; `configs/default.yaml` spells the same
+values out with a comment per key (a test keeps the two equal). Each field's metadata says what
+values are allowed, so every error can name the key, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kfcn.errors import ConfigError
+
+STAGES = ("fcn32", "fcn16", "fcn8")
+
+
+def _opt(default: Any = None, help: str = "", **limits: Any) -> Any:
+    """A dataclass field whose metadata carries its help text and limits (min, max, choices)."""
+    kwargs: dict[str, Any] = {"metadata": {"help": help, **limits}}
+    if isinstance(default, (list, dict)):
+        kwargs["default_factory"] = lambda: copy.deepcopy(default)
+    else:
+        kwargs["default"] = default
+    return field(**kwargs)
+
+
+@dataclass
+class DataConfig:
+    crop_size: int = _opt(512, "side of the square training crop, pixels", min=32)
+    augment: str = _opt(
+        "random",
+        "'random' = scale + crop + flip; 'resize_pad' = resize with pad to crop_size",
+        choices=("random", "resize_pad"),
+    )
+    scale_min: float = _opt(0.5, "smallest random rescale factor", min=0.05)
+    scale_max: float = _opt(2.0, "largest random rescale factor", min=0.05)
+    flip: bool = _opt(True, "random horizontal flip")
+    shuffle_buffer: int = _opt(1000, "records held by the shuffle buffer", min=1)
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = _opt(21, "number of classes, background included", min=2)
+    backbone_weights: str = _opt(
+        "imagenet", "'imagenet', 'none' (random init) or a path to a Keras VGG16 weights file"
+    )
+    dropout: float = _opt(0.5, "dropout rate after fc6 and fc7", min=0.0, max=0.99)
+    train_upsampling: bool = _opt(False, "learn the bilinear-initialised transposed convolutions")
+    freeze: dict = _opt(
+        {"fcn32": [], "fcn16": [], "fcn8": []},
+        "per stage, layer-name patterns (fnmatch) whose weights stay fixed",
+        keys=STAGES,
+    )
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _opt(8, "images per step on each replica", min=1)
+    epochs: int = _opt(10, "epochs per stage", min=1)
+    steps_per_epoch: int | None = _opt(None, "steps per epoch; null = one pass over train", min=1)
+    learning_rate: float = _opt(1e-4, "Adam learning rate", min=0.0)
+    lr_schedule: str = _opt(
+        "constant", "learning-rate schedule", choices=("constant", "poly", "cosine")
+    )
+    weight_decay: float = _opt(1e-5, "L2 strength on every kernel", min=0.0)
+    seed: int = _opt(0, "seed for shuffling, augmentation and initialisation", min=0)
+    validate: bool = _opt(True, "evaluate on the val split after every epoch")
+    val_images: int | None = _opt(None, "val images per validation; null = all", min=1)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _section_classes() -> dict[str, type]:
+    return {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _all_keys() -> list[str]:
+    return [
+        f"{name}.{f.name}"
+        for name, cls in _section_classes().items()
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys() + list(_section_classes()), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(_all_keys())}"
+    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Type-check and range-check one value; returns it (ints widened to float where needed)."""
+    hints = typing.get_type_hints(_section_classes()[key.split(".")[0]])
+    kind = hints[f.name]
+    meta = f.metadata
+    optional = type(None) in typing.get_args(kind)
+    base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+
+    def bad(allowed: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} = {value!r} is not allowed; expected {allowed}")
+
+    if value is None:
+        if optional:
+            return None
+        raise bad(f"a {base.__name__}")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer" + (" or null" if optional else ""))
+    elif base is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; accept any float literal.
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif base is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif base is dict:
+        value = _check_stage_patterns(key, value, meta.get("keys", ()), bad)
+    if "choices" in meta and value not in meta["choices"]:
+        raise bad("one of " + ", ".join(repr(c) for c in meta["choices"]))
+    if "min" in meta and value < meta["min"]:
+        raise bad(f"a value >= {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise bad(f"a value <= {meta['max']}")
+    return value
+
+
+def _check_stage_patterns(key: str, value: Any, stages: tuple, bad) -> dict:
+    if not isinstance(value, dict):
+        raise bad("a mapping of stage -> list of layer-name patterns")
+    out = {s: [] for s in stages}
+    for stage, patterns in value.items():
+        if stage not in stages:
+            raise bad(f"stages among {', '.join(stages)} (got '{stage}')")
+        if patterns is None:
+            patterns = []
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise bad(f"a list of layer-name patterns for '{stage}'")
+        out[stage] = list(patterns)
+    return out
+
+
+def _set_key(cfg: Config, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or parts[0] not in _section_classes():
+        raise _unknown_key(key, where)
+    section = getattr(cfg, parts[0])
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if parts[1] not in fields:
+        raise _unknown_key(key, where)
+    f = fields[parts[1]]
+    full = f"{parts[0]}.{parts[1]}"
+    if len(parts) > 2:
+        # A dotted path into a mapping field, e.g. model.freeze.fcn16=[block1_*]
+        current = (
+            dict(getattr(section, f.name)) if isinstance(getattr(section, f.name), dict) else {}
+        )
+        if len(parts) != 3 or not isinstance(current, dict) or f.metadata.get("keys") is None:
+            raise _unknown_key(key, where)
+        current[parts[2]] = value
+        value = current
+    setattr(section, f.name, _check_value(full, f, value, where))
+
+
+def _flatten(mapping: dict, where: str) -> list[tuple[str, Any]]:
+    items = []
+    for section, values in mapping.items():
+        if section not in _section_classes():
+            raise _unknown_key(str(section), where)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section '{section}' must be a mapping of keys to values")
+        items += [(f"{section}.{k}", v) for k, v in values.items()]
+    return items
+
+
+def config_from_dict(mapping: dict, where: str = "config") -> Config:
+    """Build a validated `Config` from a nested mapping (missing keys keep their defaults)."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping with sections data, model, train")
+    cfg = Config()
+    for key, value in _flatten(mapping, where):
+        _set_key(cfg, key, value, where)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split one `--set section.key=value`; the value is read as YAML (`1e-4`, `true`, `[a, b]`)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip(), value
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()
+) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply `--set` overrides.
+
+    Raises:
+        ConfigError: naming the file or `--set` text, the key, the value and what is allowed.
+    """
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+        try:
+            mapping = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        cfg = config_from_dict(mapping, where=str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_key(cfg, key, value, where=f"--set {text}")
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    if cfg.data.scale_min > cfg.data.scale_max:
+        raise ConfigError(
+            f"data.scale_min = {cfg.data.scale_min} is larger than data.scale_max = "
+            f"{cfg.data.scale_max}; expected scale_min <= scale_max"
+        )
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts (what YAML dumps and model files store)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(dump_config(cfg))
+    os.replace(tmp, path)

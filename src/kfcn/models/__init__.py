@@ -1,0 +1,1 @@
+"""FCN models on VGG16."""
