@@ -1,0 +1,135 @@
+"""Paired image/label transforms for training.
+
+Every op takes an image and its label together and applies the same geometry to both: images
+are resampled bilinearly, labels with NEAREST (class indices must never be blended), and label
+padding is always IGNORE_LABEL so padded pixels are never scored. All ops are pure TensorFlow and
+draw their randomness from stateless ops with an explicit `seed` (a shape-[2] integer tensor), so a
+pipeline that derives per-example seeds from one number is reproducible.
+
+Images come in as (H, W, 3) of any numeric dtype and leave as float32 in 0-255; labels are (H, W)
+integers and keep their dtype.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from kfcn.padding import IMAGENET_MEAN_RGB
+from kfcn.palette import IGNORE_LABEL
+
+
+def random_scale(
+    image: tf.Tensor, label: tf.Tensor, scale_min: float, scale_max: float, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rescale image and label by one factor drawn uniformly from [scale_min, scale_max].
+
+    Args:
+        image: (H, W, 3) image.
+        label: (H, W) class indices.
+        scale_min: smallest factor.
+        scale_max: largest factor.
+        seed: shape-[2] integer seed of the stateless draw.
+
+    Returns:
+        The float32 image (h, w, 3), resized bilinearly, and the label (h, w), resized NEAREST,
+        where (h, w) = round((H, W) * factor).
+    """
+    image, label = tf.cast(image, tf.float32), tf.convert_to_tensor(label)
+    if scale_min == scale_max == 1.0:
+        return image, label  # resampling at the same size would be an exact copy anyway
+    factor = tf.random.stateless_uniform([], seed, minval=scale_min, maxval=scale_max)
+    size = tf.cast(tf.shape(image)[:2], tf.float32) * factor
+    size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)  # (2,) new (h, w)
+    image = tf.image.resize(image, size, method="bilinear")  # (h, w, 3) float32
+    label = tf.image.resize(label[..., None], size, method="nearest")[..., 0]  # (h, w)
+    return image, label
+
+
+def _pad_bottom_right(
+    image: tf.Tensor, label: tf.Tensor, height: tf.Tensor, width: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pad to at least (height, width): image with the ImageNet mean, label with IGNORE_LABEL."""
+    shape = tf.shape(label)
+    paddings = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)]]
+    # tf.pad takes one scalar fill value, so each channel is padded with its own mean.
+    channels = [
+        tf.pad(image[..., c], paddings, constant_values=mean)
+        for c, mean in enumerate(IMAGENET_MEAN_RGB)
+    ]
+    image = tf.stack(channels, axis=-1)
+    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+    return image, label
+
+
+def random_crop_or_pad(
+    image: tf.Tensor, label: tf.Tensor, size: int, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pad up to `size` where the image is smaller, then take one random size x size window.
+
+    Padding goes on the bottom and right edges, as in `kfcn.padding`: the image gets the ImageNet
+    mean colour (0 after the model's centring), the label IGNORE_LABEL.
+
+    Args:
+        image: (H, W, 3) image.
+        label: (H, W) class indices.
+        size: side of the square crop.
+        seed: shape-[2] integer seed of the window position.
+
+    Returns:
+        The float32 image (size, size, 3) and the label (size, size).
+    """
+    image, label = tf.cast(image, tf.float32), tf.convert_to_tensor(label)
+    image, label = _pad_bottom_right(image, label, size, size)
+    limit = tf.shape(label) - size  # (2,) largest top-left corner, >= 0 after padding
+    draw = tf.random.stateless_uniform([2], seed)  # (2,) in [0, 1)
+    offset = tf.cast(draw * tf.cast(limit + 1, tf.float32), tf.int32)
+    offset = tf.minimum(offset, limit)  # guards float rounding at the top of the range
+    image = tf.slice(image, [offset[0], offset[1], 0], [size, size, 3])
+    label = tf.slice(label, offset, [size, size])
+    image.set_shape([size, size, 3])
+    label.set_shape([size, size])
+    return image, label
+
+
+def random_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mirror image and label left-right together with probability 1/2.
+
+    Args:
+        image: (H, W, 3) image.
+        label: (H, W) class indices.
+        seed: shape-[2] integer seed of the coin.
+
+    Returns:
+        The float32 image (H, W, 3) and the label (H, W).
+    """
+    image, label = tf.cast(image, tf.float32), tf.convert_to_tensor(label)
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    label = tf.cond(flip, lambda: tf.reverse(label, axis=[1]), lambda: label)
+    return image, label
+
+
+def resize_pad(image: tf.Tensor, label: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Fit the image into size x size keeping its aspect ratio, as `tf.image.resize_with_pad`.
+
+    The image is exactly `tf.image.resize_with_pad(image, size, size)` (bilinear, padded with 0).
+    The label gets the same scale and offsets, resized NEAREST and padded with IGNORE_LABEL.
+
+    Args:
+        image: (H, W, 3) image.
+        label: (H, W) class indices.
+        size: side of the square output.
+
+    Returns:
+        The float32 image (size, size, 3) and the label (size, size).
+    """
+    image = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, method="bilinear")
+    # resize_with_pad fills with 0, a real class: shift labels up by one so that 0 marks the
+    # padding alone, then map it to IGNORE_LABEL and shift back.
+    shifted = tf.cast(label, tf.int32)[..., None] + 1  # (H, W, 1)
+    shifted = tf.image.resize_with_pad(shifted, size, size, method="nearest")[..., 0]
+    out = tf.where(shifted == 0, IGNORE_LABEL, shifted - 1)  # (size, size) int32
+    out = tf.cast(out, label.dtype)
+    image.set_shape([size, size, 3])
+    out.set_shape([size, size])
+    return image, out
