@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -58,27 +59,287 @@ def _not_available(name: str) -> None:
 
 
 @main.command(short_help="Write sharded TFRecords from SBD + VOC 2012.")
-def prepare() -> None:
-    """Read SBD and VOC 2012 and write sharded TFRecords for the reference split."""
-    _not_available("prepare")
+@click.option(
+    "--sbd-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="SBD's benchmark_RELEASE/dataset (img/*.jpg, cls/*.mat, train.txt, val.txt).",
+)
+@click.option(
+    "--voc-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ImageSets/Segmentation).",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory."
+)
+@click.option(
+    "--scheme",
+    type=click.Choice(["seed", "voc12val"]),
+    default="seed",
+    show_default=True,
+    help="Which ids go to train and val (see above).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Reader processes [default: CPU count].",
+)
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable samples (listed in meta.json).")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Records per shard.",
+)
+def prepare(
+    sbd_dir: Path,
+    voc_dir: Path,
+    out_dir: Path,
+    scheme: str,
+    workers: int | None,
+    skip_bad: bool,
+    shard_size: int,
+) -> None:
+    """Read SBD and VOC 2012 and write sharded TFRecords of the train and val splits.
+
+    \b
+    Schemes:
+      seed      val   = the first 1,200 ids of SBD val.txt (file order)
+                train = SBD train.txt + the rest of SBD val.txt
+                        + the VOC trainval ids not in SBD        (10,831 / 1,200)
+                an id in both datasets takes its label from SBD
+      voc12val  val   = VOC val.txt                              (1,449)
+                train = (SBD train + val + VOC train) - VOC val  (10,582, "train_aug")
+                an id in both datasets takes its label from VOC
+    val keeps its list's order; train is sorted by id.
+
+    Writes {split}-NNNNN-of-NNNNN.tfrecord shards, {split}.txt (ids in record order) and
+    meta.json (last). Shards appear only when complete; re-running the same command after an
+    interruption keeps the finished shards and writes the rest, giving identical records.
+    """
+    from kfcn.data.prepare import prepare_dataset
+
+    meta = prepare_dataset(
+        sbd_dir, voc_dir, out_dir, scheme, workers, skip_bad, shard_size, progress=True
+    )
+    for split, count in meta["counts"].items():
+        click.echo(f"{split}: {count} records in {len(meta['shards'][split])} shard(s)")
+    if skip_bad:
+        click.echo(
+            f"skipped {len(meta['skipped'])} bad sample(s), listed in {out_dir / 'meta.json'}"
+        )
+    click.echo(f"wrote {out_dir}")
+
+
+@main.command(short_help="Write a small synthetic SBD + VOC 2012 (for tests and the demo).")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Root directory."
+)
+@click.option(
+    "--sbd-train", type=click.IntRange(min=0), default=240, show_default=True, help="SBD train ids."
+)
+@click.option(
+    "--sbd-val", type=click.IntRange(min=0), default=60, show_default=True, help="SBD val ids."
+)
+@click.option(
+    "--voc-extra",
+    type=click.IntRange(min=0),
+    default=40,
+    show_default=True,
+    help="VOC ids not in SBD.",
+)
+@click.option(
+    "--size", default="64-96x80-128", show_default=True, help="HxW, or H1-H2xW1-W2 drawn per image."
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed."
+)
+def synthesize(
+    out_dir: Path, sbd_train: int, sbd_val: int, voc_extra: int, size: str, seed: int
+) -> None:
+    """Write images of coloured shapes with their labels in the real SBD and VOC 2012 layouts,
+    then print the two directories to pass to `kfcn prepare`."""
+    from kfcn.data.synthetic import parse_size, write_synthetic
+
+    try:
+        parsed = parse_size(size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--size") from None
+    sbd, voc = write_synthetic(
+        out_dir, sbd_train=sbd_train, sbd_val=sbd_val, voc_extra=voc_extra, size=parsed, seed=seed
+    )
+    click.echo(f"--sbd-dir {sbd}")
+    click.echo(f"--voc-dir {voc}")
+    click.echo(f"next: kfcn prepare --sbd-dir {sbd} --voc-dir {voc} --out {out_dir / 'records'}")
 
 
 @main.command(short_help="Train one FCN stage (fcn32, fcn16, fcn8).")
-def train() -> None:
-    """Train FCN-32s, FCN-16s or FCN-8s on prepared shards."""
-    _not_available("train")
+@click.option(
+    "--stage",
+    required=True,
+    type=click.Choice(["fcn32", "fcn16", "fcn8"]),
+    help="fcn32 starts from VGG16 (model.backbone_weights); fcn16 from this run's "
+    "fcn32, fcn8 from its fcn16 (or --init).",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory written by `kfcn prepare` (train-*.tfrecord, val-*.tfrecord).",
+)
+@click.option(
+    "--run-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory; the stage writes RUN_DIR/STAGE/.",
+)
+@CONFIG_OPTION
+@SET_OPTION
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Start from this .keras model instead of the previous stage in RUN_DIR.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+    default="auto",
+    show_default=True,
+    help="auto: multiworker when TF_CONFIG is set, mirrored with several GPUs.",
+)
+@click.option(
+    "--mixed-precision", is_flag=True, help="mixed_float16 on GPU, mixed_bfloat16 on CPU."
+)
+@click.option("--jit", is_flag=True, help="Compile the train step with XLA.")
+@click.option("--overwrite", is_flag=True, help="Train a finished stage again from scratch.")
+def train(
+    stage,
+    data_dir,
+    run_dir,
+    config_path,
+    overrides,
+    init,
+    strategy,
+    mixed_precision,
+    jit,
+    overwrite,
+) -> None:
+    """Train FCN-32s, FCN-16s or FCN-8s on prepared shards.
+
+    Re-running the same command after an interruption (Ctrl-C, kill, preemption) resumes at the
+    last finished epoch. Outputs in RUN_DIR/STAGE: config.yaml, history.csv, logs/ (TensorBoard),
+    checkpoint/, best.keras (best val mean IoU) and final.keras.
+    """
+    from kfcn.config import load_config
+    from kfcn.train import TrainOptions, train_stage
+
+    cfg = load_config(config_path, overrides)
+    opts = TrainOptions(stage, data_dir, run_dir, init, strategy, mixed_precision, jit, overwrite)
+    train_stage(cfg, opts, echo=click.echo)
 
 
 @main.command(short_help="Score a model on a split: pixel acc, mean acc, mean IoU, fw IoU.")
-def evaluate() -> None:
-    """Evaluate a trained model on a prepared split."""
-    _not_available("evaluate")
+@click.option("--split", default="val", show_default=True, help="Any split of DATA_DIR.")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory written by `kfcn prepare`.",
+)
+@click.option(
+    "--model",
+    required=True,
+    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Report file (.json); the confusion matrix picture goes beside it (.png). "
+    "[default: beside the model, MODEL_STEM-eval-SPLIT.json]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Images per model call (images of one padded size only).",
+)
+@click.option(
+    "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
+)
+def evaluate(split, data_dir, model, out, batch_size, max_images) -> None:
+    """Score a model on every image of a prepared split, each at its original resolution.
+
+    Prints pixel accuracy, mean accuracy, mean IoU and frequency-weighted IoU (from one
+    confusion matrix over the split, label 255 ignored) and the IoU of every class, then writes
+    them as JSON with the confusion matrix, and a picture of the row-normalised matrix.
+    """
+    from kfcn.evaluate import default_report_path, evaluate_model, format_table, write_report
+
+    if out is not None and out.suffix.lower() != ".json":
+        raise click.BadParameter(f"{out}: expected a .json file name", param_hint="--out")
+    report = evaluate_model(model, data_dir, split, batch_size, max_images, progress=True)
+    click.echo(format_table(report))
+    json_path, png_path = write_report(report, out or default_report_path(report["model"], split))
+    click.echo(f"wrote {json_path} and {png_path}")
 
 
 @main.command(short_help="Write colour-palette segmentation masks for images.")
-def predict() -> None:
-    """Predict segmentation masks for image files."""
-    _not_available("predict")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "--model",
+    required=True,
+    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created when missing).",
+)
+@click.option("--overlay", is_flag=True, help="Also write NAME_overlay.jpg with a legend.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Images per model call (images of one padded size only).",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=32),
+    default=2048,
+    show_default=True,
+    help="Longer images are predicted at this size and the mask enlarged back.",
+)
+def predict(images, model, out_dir, overlay, batch_size, max_side) -> None:
+    """Predict a segmentation mask for each IMAGE (files, directories or glob patterns).
+
+    \b
+    Writes OUT/NAME.png: a palette PNG of class indices, the size of the image as displayed
+    (EXIF orientation applied), coloured with the model's palette; NAME is the input's stem,
+    with -2, -3, ... added when two inputs share one. With --overlay also OUT/NAME_overlay.jpg.
+    JPEGs are decoded exactly as in training and `kfcn evaluate`; transparent images are put on
+    white; 16-bit images keep their high byte. Unreadable inputs are reported and skipped; the
+    exit status is then 1. An output that would replace an input stops everything up front.
+    """
+    from kfcn.predict import predict_images
+
+    result = predict_images(
+        model, images, out_dir, overlay, batch_size, max_side=max_side, progress=True
+    )
+    click.echo(f"wrote {len(result.written)} file(s) to {out_dir}")
+    if result.failures:
+        raise KfcnError(
+            f"{len(result.failures)} of {result.num_inputs} input(s) failed (listed above)"
+        )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def encode_example(
     if image_format is not None:
         feature["image/format"] = _bytes(image_format.encode("utf-8"))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString()
+    # `features` is a protobuf map: without `deterministic` its key order follows the process's
+    # string-hash seed, so the same sample would serialize differently from run to run.
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:

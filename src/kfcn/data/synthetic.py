@@ -1,0 +1,209 @@
+"""A small synthetic dataset in the real SBD and VOC 2012 layouts, for tests and the demo.
+
+Each image is a light, striped background with 1-3 filled rectangles or ellipses, each of one
+object class and painted in (nearly) that class's VOC palette colour, so a small network learns it
+in minutes. The files look like the real ones: SBD `cls/ID.mat` structs `GTcls` (Segmentation,
+Boundaries, CategoriesPresent) without void pixels, and VOC palette PNGs with a 255 band along
+object outlines. Ids look like real ones (2008_000123). Everything is determined by `seed`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import scipy.io
+import scipy.ndimage
+import scipy.sparse
+from PIL import Image
+
+from kfcn.palette import IGNORE_LABEL, VOC_CLASSES, flat_palette, voc_colormap
+
+Size = tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
+
+
+class SyntheticDataset(NamedTuple):
+    """Where `write_synthetic` put the two datasets (pass them to `kfcn prepare`)."""
+
+    sbd_dir: Path  # root/benchmark_RELEASE/dataset
+    voc_dir: Path  # root/VOCdevkit/VOC2012
+
+
+def parse_size(text: str) -> Size:
+    """Parse 'HxW' (e.g. '64x80') or 'H1-H2xW1-W2' (e.g. '64-96x80-128', sizes drawn per image).
+
+    Raises:
+        ValueError: when `text` is neither form or a side is below 8 pixels.
+    """
+    match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*[xX]\s*(\d+)(?:-(\d+))?\s*", text)
+    if match is None:
+        raise ValueError(
+            f"size '{text}' is not HxW (e.g. 64x80) or H1-H2xW1-W2 (e.g. 64-96x80-128)"
+        )
+    h1, h2, w1, w2 = (int(g) if g else None for g in match.groups())
+    heights, widths = (h1, h2 or h1), (w1, w2 or w1)
+    if min(heights + widths) < 8 or heights[0] > heights[1] or widths[0] > widths[1]:
+        raise ValueError(f"size '{text}': sides must be at least 8 and ranges low-high")
+    if heights[0] == heights[1] and widths[0] == widths[1]:
+        return heights[0], widths[0]
+    return heights, widths
+
+
+def _size_ranges(size: Size) -> tuple[tuple[int, int], tuple[int, int]]:
+    height, width = size
+    heights = (height, height) if isinstance(height, int) else tuple(height)
+    widths = (width, width) if isinstance(width, int) else tuple(width)
+    return heights, widths
+
+
+def _unique_ids(
+    rng: np.random.Generator, count: int, years: Sequence[int], taken: set
+) -> list[str]:
+    """`count` new ids like 2008_000123, none of them in `taken`."""
+    ids: list[str] = []
+    # Real ids stay below _010000; larger requests get more room so drawing stays quick.
+    numbers = max(10_000, 4 * count // len(years))
+    while len(ids) < count:
+        year = int(rng.choice(years))
+        image_id = f"{year}_{int(rng.integers(1, numbers)):06d}"
+        if image_id not in taken:
+            taken.add(image_id)
+            ids.append(image_id)
+    return sorted(ids)
+
+
+def _draw_sample(
+    rng: np.random.Generator, heights, widths, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image (H, W, 3) uint8 and its label (H, W) uint8, without void pixels."""
+    height = int(rng.integers(heights[0], heights[1] + 1))
+    width = int(rng.integers(widths[0], widths[1] + 1))
+    rows, cols = np.mgrid[0:height, 0:width]  # (H, W) each
+    # Background: light (every channel >= ~200, farther than 64 from any class colour), striped.
+    base = rng.uniform(205, 240, size=3)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 12)
+    stripes = 10 * np.sin((rows * np.cos(angle) + cols * np.sin(angle)) * 2 * np.pi / period)
+    image = base + stripes[..., None] + rng.normal(0, 4, size=(height, width, 3))
+    label = np.zeros((height, width), np.uint8)
+    colours = voc_colormap(num_classes).astype(np.float64)
+    count = int(rng.integers(1, 4))
+    classes = rng.choice(np.arange(1, num_classes), size=min(count, num_classes - 1), replace=False)
+    for cls in classes:
+        cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
+        ry = max(rng.uniform(0.15, 0.35) * height, 1.0)
+        rx = max(rng.uniform(0.15, 0.35) * width, 1.0)
+        if rng.random() < 0.5:
+            mask = (np.abs(rows - cy) <= ry) & (np.abs(cols - cx) <= rx)
+        else:
+            mask = ((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1.0
+        label[mask] = cls
+        colour = colours[cls] + rng.uniform(-12, 12, size=3)
+        image[mask] = colour + rng.normal(0, 6, size=(int(mask.sum()), 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+
+
+def _void_band(label: np.ndarray) -> np.ndarray:
+    """Pixels within one pixel of a class change: where real VOC labels are void (255)."""
+    high = scipy.ndimage.maximum_filter(label, size=3, mode="nearest")
+    low = scipy.ndimage.minimum_filter(label, size=3, mode="nearest")
+    return high != low
+
+
+def _write_sbd_mat(path: Path, label: np.ndarray, band: np.ndarray, num_classes: int) -> None:
+    """`GTcls` as in SBD: Boundaries (one sparse map per object class), Segmentation, classes."""
+    boundaries = np.empty((num_classes - 1, 1), dtype=object)
+    for cls in range(1, num_classes):
+        boundaries[cls - 1, 0] = scipy.sparse.csc_matrix(band & (label == cls), dtype=np.uint8)
+    present = np.unique(label[label > 0]).astype(np.uint8).reshape(-1, 1)
+    gtcls = {"Boundaries": boundaries, "Segmentation": label, "CategoriesPresent": present}
+    scipy.io.savemat(path, {"GTcls": gtcls}, do_compression=True, oned_as="column")
+
+
+def _write_voc_png(path: Path, label: np.ndarray, band: np.ndarray) -> None:
+    image = Image.fromarray(np.where(band, IGNORE_LABEL, label).astype(np.uint8), mode="P")
+    image.putpalette(flat_palette())
+    image.save(path, format="PNG")
+
+
+def _write_list(path: Path, ids: Sequence[str]) -> None:
+    path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def write_synthetic(
+    root: str | Path,
+    *,
+    sbd_train: int = 240,
+    sbd_val: int = 60,
+    voc_extra: int = 40,
+    size: Size = ((64, 96), (80, 128)),
+    seed: int = 0,
+    num_classes: int = len(VOC_CLASSES),
+) -> SyntheticDataset:
+    """Write a synthetic SBD and VOC 2012 under `root`, in the layouts `kfcn prepare` reads.
+
+    VOC trainval holds `voc_extra` ids that SBD lacks plus as many SBD ids (at least 2), with VOC
+    files for all of them; VOC val takes about half of each kind, so both split schemes see ids
+    in both datasets. An id in both datasets has the same JPEG in both; its SBD label has no void
+    pixels and its VOC label has a 255 band along object outlines, so one can tell them apart.
+
+    Args:
+        root: created if needed.
+        sbd_train, sbd_val: ids in SBD train.txt and val.txt.
+        voc_extra: VOC trainval ids that are not in SBD.
+        size: (H, W), or ((H_min, H_max), (W_min, W_max)) to draw each image's size.
+        seed: everything written depends only on the arguments.
+        num_classes: classes 1..num_classes-1 appear as objects (at most 21).
+
+    Returns:
+        The SBD `dataset` directory and the VOC `VOC2012` directory.
+    """
+    if min(sbd_train, sbd_val, voc_extra) < 0:
+        raise ValueError("sample counts must be >= 0")
+    if not 2 <= num_classes <= len(VOC_CLASSES):
+        raise ValueError(f"num_classes must be 2..{len(VOC_CLASSES)}; got {num_classes}")
+    heights, widths = _size_ranges(size)
+    root = Path(root)
+    sbd_dir = root / "benchmark_RELEASE" / "dataset"
+    voc_dir = root / "VOCdevkit" / "VOC2012"
+    for folder in (sbd_dir / "img", sbd_dir / "cls", voc_dir / "JPEGImages"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (voc_dir / "SegmentationClass").mkdir(exist_ok=True)
+    (voc_dir / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(seed)
+    taken: set[str] = set()
+    train_ids = _unique_ids(rng, sbd_train, (2008, 2009, 2010, 2011), taken)
+    val_ids = _unique_ids(rng, sbd_val, (2008, 2009, 2010, 2011), taken)
+    extra_ids = _unique_ids(rng, voc_extra, (2007,), taken)
+    sbd_ids = train_ids + val_ids
+    picked = rng.choice(len(sbd_ids), size=min(len(sbd_ids), max(2, voc_extra)), replace=False)
+    both = sorted(sbd_ids[i] for i in picked)
+    voc_val = sorted(list(both[: (len(both) + 1) // 2]) + extra_ids[: (len(extra_ids) + 1) // 2])
+    trainval = sorted(set(both) | set(extra_ids))
+
+    in_sbd, in_voc = set(sbd_ids), set(trainval)
+    for index, image_id in enumerate(sorted(in_sbd | in_voc)):
+        # One generator per image: an image depends on the seed and its id's rank, nothing else.
+        image, label = _draw_sample(
+            np.random.default_rng([seed, index]), heights, widths, num_classes
+        )
+        band = _void_band(label)
+        jpeg = Image.fromarray(image)
+        if image_id in in_sbd:
+            jpeg.save(sbd_dir / "img" / f"{image_id}.jpg", format="JPEG", quality=92)
+            _write_sbd_mat(sbd_dir / "cls" / f"{image_id}.mat", label, band, num_classes)
+        if image_id in in_voc:
+            jpeg.save(voc_dir / "JPEGImages" / f"{image_id}.jpg", format="JPEG", quality=92)
+            _write_voc_png(voc_dir / "SegmentationClass" / f"{image_id}.png", label, band)
+
+    # The lists last: they are what makes the directories look complete.
+    _write_list(sbd_dir / "train.txt", train_ids)
+    _write_list(sbd_dir / "val.txt", val_ids)
+    sets = voc_dir / "ImageSets" / "Segmentation"
+    _write_list(sets / "train.txt", sorted(set(trainval) - set(voc_val)))
+    _write_list(sets / "val.txt", voc_val)
+    _write_list(sets / "trainval.txt", trainval)
+    return SyntheticDataset(sbd_dir, voc_dir)
