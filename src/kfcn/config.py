@@ -56,8 +56,14 @@ class ModelConfig:
     )
     dropout: float = _opt(0.5, "dropout rate after fc6 and fc7", min=0.0, max=0.99)
     train_upsampling: bool = _opt(False, "learn the bilinear-initialised transposed convolutions")
+    # The reference recipe trains the stages in turn and fine-tunes the backbone from the top down:
+    # FCN-32s keeps VGG16 blocks 1-4 fixed, FCN-16s releases block 4, FCN-8s trains everything.
     freeze: dict = _opt(
-        {"fcn32": [], "fcn16": [], "fcn8": []},
+        {
+            "fcn32": ["block1_conv*", "block2_conv*", "block3_conv*", "block4_conv*"],
+            "fcn16": ["block1_conv*", "block2_conv*", "block3_conv*"],
+            "fcn8": [],
+        },
         "per stage, layer-name patterns (fnmatch) whose weights stay fixed",
         keys=STAGES,
     )
@@ -272,4 +278,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(dump_config(cfg))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
     os.replace(tmp, path)
