@@ -5,6 +5,9 @@ object class and painted in (nearly) that class's VOC palette colour, so a small
 in minutes. The files look like the real ones: SBD `cls/ID.mat` structs `GTcls` (Segmentation,
 Boundaries, CategoriesPresent) without void pixels, and VOC palette PNGs with a 255 band along
 object outlines. Ids look like real ones (2008_000123). Everything is determined by `seed`.
+
+`write_folder_toy` writes a 3-class toy set in the layout of your own data instead: a folder of
+images, a folder of masks (index and RGB colour variants) and a `classes.yaml`.
 """
 
 from __future__ import annotations
@@ -207,3 +210,96 @@ def write_synthetic(
     _write_list(sets / "val.txt", voc_val)
     _write_list(sets / "trainval.txt", trainval)
     return SyntheticDataset(sbd_dir, voc_dir)
+
+
+TOY_CLASSES = ("background", "disc", "box")
+TOY_COLORS = ((0, 0, 0), (255, 160, 0), (0, 120, 255))
+TOY_IGNORE_COLOR = (255, 255, 255)
+_TOY_CLASSES_YAML = """\
+# Classes of the kfcn toy dataset, in mask-value order (class 0, 1, 2).
+names: [background, disc, box]
+# One RGB colour per class: how RGB colour masks are read, and the palette of predictions.
+colors: [[0, 0, 0], [255, 160, 0], [0, 120, 255]]
+# Index masks: the value of pixels that are not scored (object outlines here).
+ignore_index: 255
+# RGB colour masks: the colour of pixels that are not scored.
+ignore_color: [255, 255, 255]
+"""
+
+
+class FolderToy(NamedTuple):
+    """Where `write_folder_toy` put the toy dataset (pass them to `kfcn prepare`)."""
+
+    images: Path  # root/images: NAME.jpg and NAME.png
+    masks: Path  # root/masks: palette PNGs of class indices, 255 = not scored
+    masks_rgb: Path  # root/masks_rgb: RGB colour masks, ignore_color = not scored
+    classes: Path  # root/classes.yaml
+
+
+def _draw_toy(rng: np.random.Generator, heights, widths) -> tuple[np.ndarray, np.ndarray]:
+    """One toy image (H, W, 3) uint8 with a disc and/or a box, and its label (H, W) uint8."""
+    height = int(rng.integers(heights[0], heights[1] + 1))
+    width = int(rng.integers(widths[0], widths[1] + 1))
+    rows, cols = np.mgrid[0:height, 0:width]  # (H, W) each
+    # A grey, noisy background; discs are orange-ish and boxes blue-ish, so colour tells them apart.
+    image = rng.uniform(90, 150) + rng.normal(0, 8, size=(height, width, 3))
+    label = np.zeros((height, width), np.uint8)
+    kinds = [k for k in (1, 2) if rng.random() < 0.75] or [int(rng.integers(1, 3))]
+    paint = {1: (230, 150, 40), 2: (40, 110, 220)}
+    for kind in kinds:
+        cy, cx = rng.uniform(0.25, 0.75) * height, rng.uniform(0.25, 0.75) * width
+        ry, rx = rng.uniform(0.12, 0.3) * height, rng.uniform(0.12, 0.3) * width
+        if kind == 1:
+            r = max(min(ry, rx), 2.0)
+            mask = (rows - cy) ** 2 + (cols - cx) ** 2 <= r * r
+        else:
+            mask = (np.abs(rows - cy) <= max(ry, 1.0)) & (np.abs(cols - cx) <= max(rx, 1.0))
+        label[mask] = kind
+        image[mask] = np.asarray(paint[kind]) + rng.normal(0, 10, size=(int(mask.sum()), 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+
+
+def write_folder_toy(
+    root: str | Path, n: int = 40, seed: int = 0, size: Size = ((40, 56), (48, 72))
+) -> FolderToy:
+    """Write a 3-class toy dataset as a folder of images and masks, the layout of your own data.
+
+    Classes: background, disc and box (`classes.yaml`, with colours). Images are named
+    `toy_000`, `toy_001`, ...; even ones are JPEGs, odd ones PNGs. Every mask exists twice: in
+    `masks/` as a palette PNG of class indices (255 along object outlines, not scored) and in
+    `masks_rgb/` as an RGB colour mask (the class colours, white outlines). Either folder goes to
+    `kfcn prepare --images ROOT/images --masks ... --classes ROOT/classes.yaml`.
+
+    Args:
+        root: created if needed.
+        n: number of images (at least 1).
+        seed: everything written depends only on the arguments.
+        size: (H, W), or ((H_min, H_max), (W_min, W_max)) to draw each image's size.
+
+    Returns:
+        The images, masks, masks_rgb folders and the classes.yaml file.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1; got {n}")
+    heights, widths = _size_ranges(size)
+    root = Path(root)
+    toy = FolderToy(root / "images", root / "masks", root / "masks_rgb", root / "classes.yaml")
+    for folder in toy[:3]:
+        folder.mkdir(parents=True, exist_ok=True)
+    colors = np.zeros((256, 3), np.uint8)
+    colors[: len(TOY_COLORS)] = TOY_COLORS
+    colors[IGNORE_LABEL] = TOY_IGNORE_COLOR
+    for index in range(n):
+        image, label = _draw_toy(np.random.default_rng([seed, index]), heights, widths)
+        label = np.where(_void_band(label), IGNORE_LABEL, label).astype(np.uint8)
+        name = f"toy_{index:03d}"
+        if index % 2:
+            Image.fromarray(image).save(toy.images / f"{name}.png", format="PNG")
+        else:
+            Image.fromarray(image).save(toy.images / f"{name}.jpg", format="JPEG", quality=92)
+        indexed = Image.fromarray(label, mode="P")
+        indexed.putpalette(colors.reshape(-1).tolist())
+        indexed.save(toy.masks / f"{name}.png", format="PNG")
+        Image.fromarray(colors[label], mode="RGB").save(toy.masks_rgb / f"{name}.png")
+    toy.classes.write_text(_TOY_CLASSES_YAML)
+    return toy
