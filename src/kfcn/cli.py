@@ -58,28 +58,66 @@ def _not_available(name: str) -> None:
     sys.exit(2)
 
 
-@main.command(short_help="Write sharded TFRecords from SBD + VOC 2012.")
+@main.command(short_help="Write sharded TFRecords from SBD + VOC 2012 or your own folder.")
 @click.option(
     "--sbd-dir",
-    required=True,
     type=click.Path(path_type=Path),
     help="SBD's benchmark_RELEASE/dataset (img/*.jpg, cls/*.mat, train.txt, val.txt).",
 )
 @click.option(
     "--voc-dir",
-    required=True,
     type=click.Path(path_type=Path),
     help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ImageSets/Segmentation).",
-)
-@click.option(
-    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory."
 )
 @click.option(
     "--scheme",
     type=click.Choice(["seed", "voc12val"]),
     default="seed",
     show_default=True,
-    help="Which ids go to train and val (see above).",
+    help="SBD + VOC: which ids go to train and val (see above).",
+)
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Own data: folder of images NAME.jpg / .jpeg / .png.",
+)
+@click.option(
+    "--masks",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Own data: folder of masks NAME.png (class indices, or RGB colours with --classes).",
+)
+@click.option(
+    "--classes",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Own data: class list YAML (names, optional colors, ignore_index).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Own data: share of pairs drawn for val (seeded; 0 = no val split).",
+)
+@click.option(
+    "--val-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Own data: file of the NAMEs that make up val, one per line.",
+)
+@click.option(
+    "--ignore-index",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Own data: mask value of unscored pixels [default: the class list's, else 255].",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Own data: seed of the val draw.",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory."
 )
 @click.option(
     "--workers",
@@ -87,7 +125,7 @@ def _not_available(name: str) -> None:
     default=None,
     help="Reader processes [default: CPU count].",
 )
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable samples (listed in meta.json).")
+@click.option("--skip-bad", is_flag=True, help="Skip unusable samples (listed in meta.json).")
 @click.option(
     "--shard-size",
     type=click.IntRange(min=1),
@@ -96,18 +134,26 @@ def _not_available(name: str) -> None:
     help="Records per shard.",
 )
 def prepare(
-    sbd_dir: Path,
-    voc_dir: Path,
-    out_dir: Path,
-    scheme: str,
-    workers: int | None,
-    skip_bad: bool,
-    shard_size: int,
+    sbd_dir,
+    voc_dir,
+    scheme,
+    images,
+    masks,
+    classes,
+    val_fraction,
+    val_list,
+    ignore_index,
+    seed,
+    out_dir,
+    workers,
+    skip_bad,
+    shard_size,
 ) -> None:
-    """Read SBD and VOC 2012 and write sharded TFRecords of the train and val splits.
+    """Write sharded TFRecords of a train and a val split, from SBD + VOC 2012 (--sbd-dir,
+    --voc-dir) or from your own folder of images and masks (--images, --masks).
 
     \b
-    Schemes:
+    SBD + VOC schemes:
       seed      val   = the first 1,200 ids of SBD val.txt (file order)
                 train = SBD train.txt + the rest of SBD val.txt
                         + the VOC trainval ids not in SBD        (10,831 / 1,200)
@@ -117,15 +163,65 @@ def prepare(
                 an id in both datasets takes its label from VOC
     val keeps its list's order; train is sorted by id.
 
-    Writes {split}-NNNNN-of-NNNNN.tfrecord shards, {split}.txt (ids in record order) and
-    meta.json (last). Shards appear only when complete; re-running the same command after an
-    interruption keeps the finished shards and writes the rest, giving identical records.
-    """
-    from kfcn.data.prepare import prepare_dataset
+    \b
+    Own data: images/NAME.jpg (.jpeg, .png) pairs with masks/NAME.png, a palette or greyscale
+    PNG of class indices (RGB colour masks need --classes with colors). Mask values equal to
+    the ignore index are not scored (stored as 255); other values outside the classes stop
+    the run, naming the file. Without --classes the classes are 0..(largest value), named
+    class_0, class_1, ... Unpaired files are listed (and kept in meta.json), not used.
 
-    meta = prepare_dataset(
-        sbd_dir, voc_dir, out_dir, scheme, workers, skip_bad, shard_size, progress=True
-    )
+    Writes {split}-NNNNN-of-NNNNN.tfrecord shards, {split}.txt (ids in record order) and
+    meta.json (last, with the classes). Shards appear only when complete; re-running the same
+    command after an interruption keeps the finished shards and writes the rest, giving
+    identical records.
+    """
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = {p for p in ctx.params if ctx.get_parameter_source(p) != ParameterSource.DEFAULT}
+    voc = [f"--{p.replace('_', '-')}" for p in ("sbd_dir", "voc_dir", "scheme") if p in given]
+    own_options = ("images", "masks", "classes", "val_fraction", "val_list", "ignore_index", "seed")
+    own = [f"--{p.replace('_', '-')}" for p in own_options if p in given]
+    if voc and own:
+        raise click.UsageError(
+            f"{', '.join(voc)} (SBD + VOC) and {', '.join(own)} (own data) cannot be mixed"
+        )
+    missing = [
+        f
+        for f in (("--images", "--masks") if own else ("--sbd-dir", "--voc-dir"))
+        if f not in voc + own
+    ]
+    if missing:
+        raise click.UsageError(
+            f"missing {' and '.join(missing)}: give --sbd-dir and --voc-dir "
+            "(SBD + VOC 2012) or --images and --masks (your own data)"
+        )
+    if {"val_fraction", "val_list"} <= given:
+        raise click.UsageError("--val-fraction and --val-list cannot be used together")
+    from kfcn.data.prepare import prepare_dataset, prepare_folder_dataset
+
+    if own:
+        meta = prepare_folder_dataset(
+            images,
+            masks,
+            out_dir,
+            classes,
+            val_fraction,
+            val_list,
+            ignore_index,
+            seed,
+            workers,
+            skip_bad,
+            shard_size,
+            progress=True,
+            echo=lambda m: click.echo(m, err=True),
+        )
+        named = "" if classes else " (from the mask values; name them with --classes FILE)"
+        click.echo(f"classes: {', '.join(meta['class_names'])}{named}")
+    else:
+        meta = prepare_dataset(
+            sbd_dir, voc_dir, out_dir, scheme, workers, skip_bad, shard_size, progress=True
+        )
     for split, count in meta["counts"].items():
         click.echo(f"{split}: {count} records in {len(meta['shards'][split])} shard(s)")
     if skip_bad:
@@ -135,9 +231,17 @@ def prepare(
     click.echo(f"wrote {out_dir}")
 
 
-@main.command(short_help="Write a small synthetic SBD + VOC 2012 (for tests and the demo).")
+@main.command(short_help="Write a small synthetic dataset (SBD + VOC layouts, or --toy folder).")
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Root directory."
+)
+@click.option(
+    "--toy",
+    is_flag=True,
+    help="Write a 3-class toy set as a folder of images and masks (your own data's layout).",
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=40, show_default=True, help="--toy: images."
 )
 @click.option(
     "--sbd-train", type=click.IntRange(min=0), default=240, show_default=True, help="SBD train ids."
@@ -153,22 +257,45 @@ def prepare(
     help="VOC ids not in SBD.",
 )
 @click.option(
-    "--size", default="64-96x80-128", show_default=True, help="HxW, or H1-H2xW1-W2 drawn per image."
+    "--size",
+    default=None,
+    help="HxW, or H1-H2xW1-W2 drawn per image [default: 64-96x80-128; --toy: 40-56x48-72].",
 )
 @click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed."
 )
-def synthesize(
-    out_dir: Path, sbd_train: int, sbd_val: int, voc_extra: int, size: str, seed: int
-) -> None:
+def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -> None:
     """Write images of coloured shapes with their labels in the real SBD and VOC 2012 layouts,
-    then print the two directories to pass to `kfcn prepare`."""
-    from kfcn.data.synthetic import parse_size, write_synthetic
+    then print the two directories to pass to `kfcn prepare`.
 
+    With --toy, write OUT/images (JPEGs and PNGs), OUT/masks (index masks), OUT/masks_rgb (RGB
+    colour masks) and OUT/classes.yaml (background, disc, box) instead, then print the
+    `kfcn prepare` command for them."""
+    from click.core import ParameterSource
+
+    from kfcn.data.synthetic import parse_size, write_folder_toy, write_synthetic
+
+    ctx = click.get_current_context()
+    given = {p for p in ctx.params if ctx.get_parameter_source(p) != ParameterSource.DEFAULT}
+    voc_only = [p for p in ("sbd_train", "sbd_val", "voc_extra") if p in given]
+    if toy and voc_only:
+        raise click.UsageError(f"--{voc_only[0].replace('_', '-')} cannot be used with --toy")
+    if not toy and "count" in given:
+        raise click.UsageError("--count is for --toy; use --sbd-train, --sbd-val, --voc-extra")
     try:
-        parsed = parse_size(size)
+        parsed = parse_size(size or ("40-56x48-72" if toy else "64-96x80-128"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--size") from None
+    if toy:
+        made = write_folder_toy(out_dir, n=count, seed=seed, size=parsed)
+        click.echo(
+            f"wrote {count} images to {made.images}, masks to {made.masks} and {made.masks_rgb}"
+        )
+        click.echo(
+            f"next: kfcn prepare --images {made.images} --masks {made.masks} "
+            f"--classes {made.classes} --out {out_dir / 'records'}"
+        )
+        return
     sbd, voc = write_synthetic(
         out_dir, sbd_train=sbd_train, sbd_val=sbd_val, voc_extra=voc_extra, size=parsed, seed=seed
     )
@@ -244,7 +371,7 @@ def train(
 
 
 @main.command(short_help="Score a model on a split: pixel acc, mean acc, mean IoU, fw IoU.")
-@click.option("--split", default="val", show_default=True, help="Any split of DATA_DIR.")
+@click.option("--split", default="val", show_default=True, help="Any split in --data-dir.")
 @click.option(
     "--data-dir",
     required=True,
@@ -317,7 +444,7 @@ def evaluate(split, data_dir, model, out, batch_size, max_images) -> None:
     type=click.IntRange(min=32),
     default=2048,
     show_default=True,
-    help="Longer images are predicted at this size and the mask enlarged back.",
+    help="A longer image is predicted shrunk to this long side; its mask is enlarged back.",
 )
 def predict(images, model, out_dir, overlay, batch_size, max_side) -> None:
     """Predict a segmentation mask for each IMAGE (files, directories or glob patterns).

@@ -1,0 +1,246 @@
+"""`kfcn evaluate`: one confusion matrix over a whole split, at each image's own resolution.
+
+Every image of the split is padded to its own next multiple of 32, run through the model, and
+its logits are cropped back (`kfcn.padding`), so it is scored at its original resolution; label
+255 is ignored. From the one confusion matrix of the split, `kfcn.metrics` derives the four
+metrics of the FCN paper (pixel accuracy, mean accuracy, mean IoU, frequency-weighted IoU) and
+the per-class IoU. The report is printed as a table, and saved as JSON with a picture of the
+row-normalised confusion matrix beside it (same stem, `.png`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from kfcn import metrics
+from kfcn.data import pipeline, records
+from kfcn.errors import DataError
+from kfcn.images import encode_image, write_atomic
+from kfcn.metrics import ConfusionMatrix
+from kfcn.models import load_model, model_info
+from kfcn.padding import batches_by_padded_size, predict_classes
+from kfcn.runs import resolve_model
+
+SUMMARY_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")
+SUMMARY_NAMES = ("pixel accuracy", "mean accuracy", "mean IoU", "fw IoU")
+
+
+def confusion_over_split(
+    model,
+    data_dir: str | Path,
+    split: str,
+    num_classes: int,
+    max_images: int | None = None,
+    progress: bool = False,
+    batch_size: int = 1,
+) -> tuple[ConfusionMatrix, int]:
+    """Run `model` over every record of `split` and accumulate one confusion matrix.
+
+    Each image is padded to its own next multiple of 32 and the logits are cropped back, so the
+    score is at the original resolution; label 255 is ignored. With `batch_size` > 1, images of
+    the same padded size share a model call (`kfcn.padding.predict_classes`).
+
+    Returns:
+        The confusion matrix accumulator and the number of images scored.
+    """
+    dataset = pipeline.eval_dataset(data_dir, split)
+    total = pipeline.count_records(data_dir, split)
+    if max_images is not None:
+        dataset = dataset.take(max_images)
+        total = min(total, max_images)
+    examples = ((ex["image"].numpy(), ex["label"].numpy()) for ex in dataset)
+    cm = ConfusionMatrix(num_classes)
+    count = 0
+    with tqdm(total=total, desc=f"evaluate {split}", unit="img", disable=not progress) as bar:
+        for batch in batches_by_padded_size(examples, batch_size, image_of=lambda ex: ex[0]):
+            preds = predict_classes(model, [image for image, _ in batch])  # (H_i, W_i) each
+            for (_, label), pred in zip(batch, preds, strict=True):
+                cm.update(label, pred)
+            count += len(batch)
+            bar.update(len(batch))
+    return cm, count
+
+
+def score_split(model, data_dir, split, num_classes, max_images=None) -> dict[str, float]:
+    """The four summary metrics of `model` on `split` (what training validation logs)."""
+    cm, _ = confusion_over_split(model, data_dir, split, num_classes, max_images)
+    scores = cm.scores()
+    return {k: float(np.nan_to_num(scores[k])) for k in SUMMARY_KEYS}
+
+
+def evaluate_model(
+    model: str | Path,
+    data_dir: str | Path,
+    split: str,
+    batch_size: int = 1,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Score a model file on a prepared split.
+
+    Args:
+        model: a `.keras` file, or a run directory (its latest finished stage; see
+            `kfcn.runs.resolve_model`).
+        data_dir: directory written by `kfcn prepare`.
+        split: any split present in `data_dir`.
+        batch_size: images per model call (only images of one padded size share a call).
+        max_images: score only the first this many records.
+        progress: show a progress bar.
+
+    Returns:
+        The report (see `make_report`).
+
+    Raises:
+        ModelError: no such model file, no finished stage, or an unreadable model.
+        DataError: `split` is absent (the message lists the splits present), or the data's
+            class count differs from the model's.
+    """
+    path = resolve_model(model)
+    class_names = model_info(path)["class_names"]
+    pipeline.count_records(data_dir, split)  # fails early, listing the splits present
+    _check_classes(data_dir, path, len(class_names))
+    net, _ = load_model(path)
+    cm, count = confusion_over_split(
+        net, data_dir, split, len(class_names), max_images, progress, batch_size
+    )
+    return make_report(cm.matrix, class_names, count, model=path, split=split, data_dir=data_dir)
+
+
+def _check_classes(data_dir, model_path: Path, num_classes: int) -> None:
+    meta = records.read_meta(data_dir)
+    data_classes = meta.get("num_classes", len(meta.get("class_names") or []) or None)
+    if data_classes is not None and int(data_classes) != num_classes:
+        raise DataError(
+            f"{Path(data_dir) / records.META_FILE}: the data has {data_classes} classes but "
+            f"the model {model_path} predicts {num_classes}; evaluate it on data prepared "
+            "for its classes"
+        )
+
+
+def make_report(matrix: np.ndarray, class_names: list[str], num_images: int, **context) -> dict:
+    """The JSON-ready report of a confusion matrix.
+
+    Args:
+        matrix: (n, n) confusion matrix, rows = true class.
+        class_names: n names.
+        num_images: images the matrix covers.
+        **context: extra entries (model, split, data_dir), stored as strings.
+
+    Returns:
+        dict with `pixel_accuracy`, `mean_accuracy`, `mean_iou`, `fw_iou` (fractions, None when
+        undefined), `per_class_iou` (name -> IoU, None where the class has no union),
+        `class_names`, `confusion_matrix` (nested lists, rows = true class), `num_images`, and
+        the context entries.
+    """
+    scores = metrics.scores(matrix)
+    report = {key: _finite(scores[key]) for key in SUMMARY_KEYS}
+    report["per_class_iou"] = {
+        name: _finite(iou) for name, iou in zip(class_names, scores["per_class_iou"], strict=True)
+    }
+    report["class_names"] = list(class_names)
+    report["confusion_matrix"] = np.asarray(matrix, dtype=np.int64).tolist()
+    report["num_images"] = int(num_images)
+    report.update({key: str(value) for key, value in context.items()})
+    return report
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def format_table(report: dict) -> str:
+    """The report as a readable table: the four metrics, then the IoU of every class."""
+
+    def pct(value: float | None) -> str:
+        return "     -" if value is None else f"{100 * value:6.2f}"
+
+    width = max([len(n) for n in report["per_class_iou"]] + [len(n) for n in SUMMARY_NAMES])
+    lines = [
+        f"model: {report.get('model', '?')}",
+        f"split: {report.get('split', '?')} ({report['num_images']} images)",
+        "",
+    ]
+    for key, name in zip(SUMMARY_KEYS, SUMMARY_NAMES, strict=True):
+        lines.append(f"{name:<{width}}  {pct(report[key])} %")
+    lines += ["", f"{'class':<{width}}  IoU (%)"]
+    for name, iou in report["per_class_iou"].items():
+        lines.append(f"{name:<{width}}  {pct(iou)}" + ("  (no pixels)" if iou is None else ""))
+    return "\n".join(lines)
+
+
+def default_report_path(model_path: str | Path, split: str) -> Path:
+    """Where a report goes without --out: beside the model, e.g. fcn8/final-eval-val.json."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}-eval-{split}.json")
+
+
+def write_report(report: dict, path: str | Path) -> tuple[Path, Path]:
+    """Write the report as JSON at `path` and its confusion matrix picture beside it (.png).
+
+    Both files are written atomically.
+
+    Returns:
+        The JSON and PNG paths.
+
+    Raises:
+        DataError: `path` does not end in .json, or cannot be written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise DataError(f"{path}: the report file must end in .json")
+    picture = confusion_picture(np.asarray(report["confusion_matrix"]), report["class_names"])
+    png = write_atomic(path.with_suffix(".png"), encode_image(picture, "PNG"))
+    return write_atomic(path, (json.dumps(report, indent=2) + "\n").encode()), png
+
+
+def confusion_picture(matrix: np.ndarray, class_names: list[str]) -> Image.Image:
+    """A heat map of the row-normalised confusion matrix, with class names on both axes.
+
+    Cell (i, j) is the share of class i's pixels predicted as j, from white (0) to dark blue (1),
+    printed in percent where the cells are large enough; rows of classes without pixels are grey.
+
+    Args:
+        matrix: (n, n) counts, rows = true class.
+        class_names: n names.
+
+    Returns:
+        An RGB image.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n = len(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)  # (n, 1)
+    shares = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)  # (n, n)
+    cell = 24 if n <= 32 else max(4, 768 // n)
+    font = ImageFont.load_default(size=12 if cell >= 12 else max(cell - 2, 6))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label = 8 + max(int(np.ceil(measure.textlength(name, font=font))) for name in class_names)
+    title = "rows: true class, columns: predicted class (% of the row's pixels)"
+    title_h = 24
+    left, top = label, title_h + label
+    width = max(left + n * cell + 8, int(measure.textlength(title, font=font)) + 16)
+    picture = Image.new("RGB", (width, top + n * cell + 8), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((8, title_h // 2), title, fill="black", font=font, anchor="lm")
+    dark = np.array([8, 48, 107], dtype=np.float64)
+    for i, name in enumerate(class_names):
+        y = top + i * cell
+        draw.text((left - 4, y + cell // 2), name, fill="black", font=font, anchor="rm")
+        column = Image.new("RGB", (label, cell), "white")
+        ImageDraw.Draw(column).text((4, cell // 2), name, fill="black", font=font, anchor="lm")
+        picture.paste(column.rotate(90, expand=True), (left + i * cell, title_h))
+        for j in range(n):
+            share = shares[i, j]
+            colour = (235, 235, 235) if rows[i, 0] == 0 else 255 + share * (dark - 255)
+            box = (left + j * cell, y, left + (j + 1) * cell - 1, y + cell - 1)
+            draw.rectangle(box, fill=tuple(int(round(c)) for c in np.broadcast_to(colour, 3)))
+            if cell >= 20 and round(100 * share) > 0:
+                centre = (box[0] + cell // 2, y + cell // 2)
+                ink = "white" if share > 0.5 else "black"
+                draw.text(centre, f"{round(100 * share)}", fill=ink, font=font, anchor="mm")
+    return picture

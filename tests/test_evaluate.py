@@ -1,0 +1,207 @@
+"""`kfcn evaluate`: agreement with `predict`, the report files, model resolution, errors."""
+
+import gc
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from PIL import Image
+
+from kfcn.cli import main
+from kfcn.data.records import decode_label, list_shards, parse_example
+from kfcn.errors import DataError, ModelError
+from kfcn.evaluate import confusion_over_split, evaluate_model
+from kfcn.predict import predict_images
+from kfcn.runs import resolve_model
+
+from .shards import write_shards
+from .test_predict import CLASS_NAMES, save_tiny_model
+
+N_VAL = 6
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    path, model, info = save_tiny_model(folder)
+    yield path, model, info
+    del model
+    gc.collect()
+    shutil.rmtree(folder, ignore_errors=True)  # the model file is ~0.5 GB
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A 4-class prepared directory: val (odd size, two shards) and a small train split."""
+    root = tmp_path_factory.mktemp("data")
+    write_shards(root, "val", N_VAL, size=(45, 70), num_classes=4, seed=3, per_shard=4)
+    write_shards(root, "train", 2, size=(32, 32), num_classes=4, seed=4)
+    return root
+
+
+def _records(data_dir: Path, split: str) -> list[tuple[str, bytes, np.ndarray]]:
+    """(id, image file bytes, label) of every record, in order."""
+    out = []
+    for shard in list_shards(data_dir, split):
+        for serialized in tf.data.TFRecordDataset(str(shard)):
+            raw = parse_example(serialized)
+            label = decode_label(raw["label/encoded"]).numpy()
+            out.append((raw["image/id"].numpy().decode(), raw["image/encoded"].numpy(), label))
+    return out
+
+
+def _metrics(cm: np.ndarray) -> dict:
+    """The FCN paper's metrics (Long et al., section 5), written out directly."""
+    n_ii = np.diag(cm).astype(float)
+    t_i = cm.sum(axis=1).astype(float)
+    union = t_i + cm.sum(axis=0) - n_ii
+    present, scored = t_i > 0, union > 0
+    iou = np.where(scored, n_ii / np.where(scored, union, 1), np.nan)
+    return {
+        "pixel_accuracy": n_ii.sum() / t_i.sum(),
+        "mean_accuracy": np.mean(n_ii[present] / t_i[present]),
+        "mean_iou": np.mean(iou[scored]),
+        "fw_iou": np.sum(t_i[scored] * iou[scored]) / t_i.sum(),
+        "per_class_iou": iou,
+    }
+
+
+def test_evaluate_equals_metrics_from_predicted_pngs(tiny, data_dir, tmp_path):
+    path, model, info = tiny
+    report = evaluate_model(path, data_dir, "val")
+
+    # The same images as JPEG files (the records' bytes), through `predict`.
+    records = _records(data_dir, "val")
+    for image_id, image_bytes, _ in records:
+        (tmp_path / f"{image_id}.jpg").write_bytes(image_bytes)
+    result = predict_images(model, [tmp_path], tmp_path / "masks", info=info)
+    assert not result.failures and len(result.written) == N_VAL
+
+    cm = np.zeros((4, 4), np.int64)
+    for image_id, _, label in records:
+        pred = np.array(Image.open(tmp_path / "masks" / f"{image_id}.png")).astype(np.int64)
+        valid = label != 255
+        cm += np.bincount(4 * label[valid].astype(np.int64) + pred[valid], minlength=16).reshape(
+            4, 4
+        )
+    assert (cm.sum(axis=0) > 0).sum() > 1  # the model predicts several classes: not a trivial check
+
+    assert report["num_images"] == N_VAL
+    assert report["confusion_matrix"] == cm.tolist()
+    expected = _metrics(cm)
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
+        assert report[key] == pytest.approx(expected[key], rel=1e-12), key
+    assert list(report["per_class_iou"]) == CLASS_NAMES
+    for name, iou in zip(CLASS_NAMES, expected["per_class_iou"], strict=True):
+        if np.isnan(iou):
+            assert report["per_class_iou"][name] is None
+        else:
+            assert report["per_class_iou"][name] == pytest.approx(iou, rel=1e-12)
+
+
+def test_batching_gives_the_same_confusion_matrix(tiny, data_dir):
+    _, model, _ = tiny
+    one, n_one = confusion_over_split(model, data_dir, "val", 4)
+    four, n_four = confusion_over_split(model, data_dir, "val", 4, batch_size=4)
+    assert n_one == n_four == N_VAL
+    np.testing.assert_array_equal(one.matrix, four.matrix)
+    some, n_some = confusion_over_split(model, data_dir, "val", 4, max_images=2)
+    assert n_some == 2 and some.matrix.sum() < one.matrix.sum()
+
+
+def test_cli_prints_a_table_and_writes_json_and_png(tiny, data_dir, tmp_path):
+    path, _, _ = tiny
+    out = tmp_path / "reports" / "val.json"
+    args = ["evaluate", "--data-dir", str(data_dir), "--model", str(path), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--max-images", "3", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    for text in ("pixel accuracy", "mean accuracy", "mean IoU", "fw IoU", *CLASS_NAMES):
+        assert text in result.stdout
+    report = json.loads(out.read_text())
+    assert {
+        "pixel_accuracy",
+        "mean_accuracy",
+        "mean_iou",
+        "fw_iou",
+        "per_class_iou",
+        "confusion_matrix",
+        "num_images",
+        "model",
+        "split",
+        "data_dir",
+    } <= set(report)
+    assert report["num_images"] == 3 and report["split"] == "val"
+    assert report["model"] == str(path) and report["data_dir"] == str(data_dir)
+    assert np.array(report["confusion_matrix"]).shape == (4, 4)
+    with Image.open(out.with_suffix(".png")) as picture:
+        assert picture.format == "PNG" and min(picture.size) > 4 * 20
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_cli_run_dir_takes_the_latest_stage_and_reports_beside_it(tiny, data_dir, tmp_path):
+    path, _, _ = tiny
+    run = tmp_path / "run"
+    (run / "fcn32").mkdir(parents=True)
+    (run / "fcn32" / "final.keras").write_bytes(b"an older stage, never read")
+    (run / "fcn16").mkdir()
+    os.symlink(path, run / "fcn16" / "final.keras")
+    (run / "fcn8").mkdir()  # started, not finished
+    args = ["evaluate", "--data-dir", str(data_dir), "--model", str(run), "--max-images", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "fcn16" / "final-eval-val.json").read_text())
+    assert report["model"] == str(run / "fcn16" / "final.keras")
+    assert (run / "fcn16" / "final-eval-val.png").is_file()
+
+
+def test_resolve_model(tmp_path):
+    run = tmp_path / "run"
+    for stage in ("fcn32", "fcn8"):
+        (run / stage).mkdir(parents=True)
+        (run / stage / "final.keras").write_bytes(b"")
+    (run / "fcn16").mkdir()
+    (run / "fcn16" / "best.keras").write_bytes(b"")
+    assert resolve_model(run) == run / "fcn8" / "final.keras"
+    assert resolve_model(run / "fcn32") == run / "fcn32" / "final.keras"
+    assert resolve_model(run / "fcn16" / "best.keras") == run / "fcn16" / "best.keras"
+    with pytest.raises(ModelError, match="no finished stage"):
+        resolve_model(run / "fcn16")
+    with pytest.raises(ModelError, match="no such model file or run directory"):
+        resolve_model(tmp_path / "missing")
+
+
+def test_cli_absent_split_lists_the_splits_present(tiny, data_dir):
+    path, _, _ = tiny
+    args = ["evaluate", "--split", "test", "--data-dir", str(data_dir), "--model", str(path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'test'" in lines[0] and "train, val" in lines[0]
+
+
+def test_cli_unfinished_run_dir_and_missing_model(data_dir, tmp_path):
+    for model, reason in ((tmp_path, "no finished stage"), (tmp_path / "x.keras", "no such")):
+        args = ["evaluate", "--data-dir", str(data_dir), "--model", str(model)]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0] and str(model) in lines[0]
+
+
+def test_class_count_must_match_the_data(tiny, tmp_path):
+    path, _, _ = tiny
+    write_shards(tmp_path, "val", 1, num_classes=21)
+    with pytest.raises(DataError, match="the data has 21 classes but the model .* predicts 4"):
+        evaluate_model(path, tmp_path, "val")
+
+
+def test_cli_rejects_a_non_json_report_name(tiny, data_dir, tmp_path):
+    path, _, _ = tiny
+    args = ["evaluate", "--data-dir", str(data_dir), "--model", str(path)]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "report.png")])
+    assert result.exit_code == 2 and ".json" in result.stderr

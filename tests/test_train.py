@@ -1,0 +1,236 @@
+"""`kfcn train` on tiny synthetic shards: stages, resume after SIGKILL, multi-worker, errors."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kfcn.callbacks import HistoryCSV, StopOnNonFinite
+from kfcn.cli import main
+from kfcn.config import load_config
+from kfcn.errors import KfcnError
+from kfcn.models import load_model
+from kfcn.train import TrainOptions, train_stage
+
+from .shards import write_shards
+
+TINY = [
+    "model.backbone_weights=none",
+    "data.crop_size=64",
+    "train.batch_size=2",
+    "train.epochs=1",
+    "train.steps_per_epoch=2",
+    "train.val_images=2",
+    # fc6 holds 102M of the 134M weights: frozen, the Adam state and checkpoints stay small.
+    "model.freeze.fcn32=[fc6]",
+    "model.freeze.fcn16=[fc6]",
+    "model.freeze.fcn8=[fc6]",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(root, "train", 8, size=(64, 80), seed=1, per_shard=4)
+    write_shards(root, "val", 2, size=(48, 40), seed=2, per_shard=2)
+    return root
+
+
+def _history(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _kernel(model, name):
+    return model.get_layer(name).get_weights()[0]
+
+
+def test_three_stages_chain(data_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(None, TINY)
+    for stage in ("fcn32", "fcn16", "fcn8"):
+        final = train_stage(cfg, TrainOptions(stage, data_dir, run), echo=lambda *_: None)
+        assert final == run / stage / "final.keras" and final.is_file()
+        rows = _history(run / stage / "history.csv")
+        assert [r["epoch"] for r in rows] == ["1"]
+        for key in ("loss", "pixel_accuracy", "mean_iou", "val_mean_iou", "val_pixel_accuracy"):
+            assert np.isfinite(float(rows[0][key])), key
+        assert (run / stage / "config.yaml").is_file()
+        assert (run / stage / "best.keras").is_file()
+    # With a zero learning rate, a stage's final weights are exactly what it started from.
+    frozen_cfg = load_config(None, TINY + ["train.learning_rate=0"])
+    opts = TrainOptions("fcn16", data_dir, run, overwrite=True)
+    train_stage(frozen_cfg, opts, echo=lambda *_: None)
+    fcn32, _ = load_model(run / "fcn32" / "final.keras")
+    fcn16, info = load_model(run / "fcn16" / "final.keras")
+    for name in ("block1_conv1", "block5_conv3", "fc6", "fc7", "score_fr"):
+        np.testing.assert_array_equal(_kernel(fcn16, name), _kernel(fcn32, name))
+    assert info["variant"] == "fcn16"
+    assert info["config"]["train"]["learning_rate"] == 0.0
+
+
+def test_finished_stage_is_not_trained_again(data_dir, tmp_path):
+    cfg = load_config(None, TINY + ["train.validate=false"])
+    messages = []
+    train_stage(cfg, TrainOptions("fcn32", data_dir, tmp_path), echo=lambda *_: None)
+    before = (tmp_path / "fcn32" / "final.keras").stat().st_mtime_ns
+    train_stage(cfg, TrainOptions("fcn32", data_dir, tmp_path), echo=messages.append)
+    assert "already finished" in messages[-1] and "--overwrite" in messages[-1]
+    assert (tmp_path / "fcn32" / "final.keras").stat().st_mtime_ns == before
+    assert not (tmp_path / "fcn32" / "best.keras").exists()
+
+
+def test_loss_goes_down_on_a_learnable_task(tmp_path):
+    data = tmp_path / "data"
+    write_shards(data, "train", 8, size=(64, 64), seed=3, per_shard=8)
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "train.epochs=6",
+            "train.steps_per_epoch=5",
+            "train.validate=false",
+            "train.batch_size=4",
+            "model.dropout=0",
+            "data.augment=resize_pad",
+            "data.flip=false",
+        ],
+    )
+    train_stage(cfg, TrainOptions("fcn32", data, tmp_path / "run"), echo=lambda *_: None)
+    losses = [float(r["loss"]) for r in _history(tmp_path / "run" / "fcn32" / "history.csv")]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _kfcn(*args, env=None, **kwargs):
+    cmd = [sys.executable, "-m", "kfcn.cli", *map(str, args)]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(data_dir, tmp_path):
+    run = tmp_path / "run"
+    sets = [a for s in TINY + ["train.epochs=3", "train.validate=false"] for a in ("--set", s)]
+    args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", run, *sets]
+    state = run / "fcn32" / "checkpoint" / "state.json"
+    proc = _kfcn(*args)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, (
+        "training finished before it could be killed:\n" + proc.stdout.read()
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert not (run / "fcn32" / "final.keras").exists()
+
+    out, _ = _kfcn(*args).communicate(timeout=300)
+    assert f"resuming from epoch {killed_at}" in out, out
+    assert (run / "fcn32" / "final.keras").is_file(), out
+    assert [r["epoch"] for r in _history(run / "fcn32" / "history.csv")] == ["1", "2", "3"]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_together(data_dir, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    sets = [a for s in TINY + ["train.validate=false"] for a in ("--set", s)]
+    procs = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path]
+        procs.append(_kfcn(*args, "--strategy", "multiworker", *sets, env={"TF_CONFIG": tf_config}))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(outs)
+    assert "2 replica(s)" in outs[0] and "4 global" in outs[0], outs[0]
+    assert (tmp_path / "fcn32" / "final.keras").is_file()
+    assert [r["epoch"] for r in _history(tmp_path / "fcn32" / "history.csv")] == ["1"]
+
+
+def test_error_no_shards(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        main,
+        ["train", "--stage", "fcn32", "--data-dir", tmp_path / "empty", "--run-dir", tmp_path],
+    )
+    assert result.exit_code == 1
+    assert "no 'train' shards" in result.output and "empty" in result.output
+
+
+def test_error_previous_stage_missing(data_dir, tmp_path):
+    args = ["train", "--stage", "fcn8", "--data-dir", data_dir, "--run-dir", tmp_path / "run"]
+    result = CliRunner().invoke(main, args + ["--set", "model.backbone_weights=none"])
+    assert result.exit_code == 1
+    assert "fcn16" in result.output and "kfcn train --stage fcn16" in result.output
+
+
+def test_error_bad_config_value(data_dir, tmp_path):
+    args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path]
+    result = CliRunner().invoke(main, args + ["--set", "train.batch_size=zero"])
+    assert result.exit_code == 1
+    assert "train.batch_size = 'zero'" in result.output
+    assert not (tmp_path / "fcn32").exists()
+
+
+def test_nan_guard_stops_and_reports():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.stop_training = False
+    guard = StopOnNonFinite()
+    guard.set_model(model)
+    guard.on_epoch_begin(2)
+    guard.on_train_batch_end(0, {"loss": 1.0})
+    assert guard.bad_at is None and not model.stop_training
+    guard.on_train_batch_end(4, {"loss": float("nan")})
+    assert guard.bad_at == (3, 5) and model.stop_training
+
+
+def test_history_rows_are_keyed_by_epoch(tmp_path):
+    history = HistoryCSV(tmp_path / "history.csv")
+    history.on_epoch_end(0, {"loss": 2.0})
+    history.on_epoch_end(1, {"loss": 1.5})
+    history.on_epoch_end(1, {"loss": 1.4, "val_mean_iou": 0.3})  # epoch 2 replayed after resume
+    rows = _history(tmp_path / "history.csv")
+    assert [(r["epoch"], r["loss"]) for r in rows] == [("1", "2"), ("2", "1.4")]
+    assert rows[1]["val_mean_iou"] == "0.3"
+
+
+def test_nonfinite_loss_raises_and_keeps_checkpoint(data_dir, tmp_path):
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "train.learning_rate=1e30",
+            "train.epochs=3",
+            "train.validate=false",
+            "train.steps_per_epoch=3",
+        ],
+    )
+    with pytest.raises(KfcnError, match="NaN/Inf"):
+        train_stage(cfg, TrainOptions("fcn32", data_dir, tmp_path), echo=lambda *_: None)
+    assert not (tmp_path / "fcn32" / "final.keras").exists()
