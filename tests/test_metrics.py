@@ -123,3 +123,15 @@ def test_fit_under_mirrored_strategy_resets_metrics_each_epoch():
         starts = range(part.start, part.stop, 2)
         batch_losses = [float(masked_sparse_ce(y[i : i + 2], logits[i : i + 2])) for i in starts]
         assert history["loss"][epoch] == pytest.approx(np.mean(batch_losses), rel=1e-5)
+
+
+def test_background_baseline_scores_an_all_background_prediction():
+    labels = np.array([[0, 0, 1], [2, 2, 255]])
+    preds = np.array([[1, 0, 1], [2, 0, 0]])
+    cm = metrics.confusion_matrix(labels, preds, 3)
+    base = metrics.background_baseline(cm)
+    zeros = np.zeros_like(preds)
+    np.testing.assert_array_equal(base, metrics.confusion_matrix(labels, zeros, 3))
+    got = metrics.scores(base)
+    assert got["pixel_accuracy"] == pytest.approx(2 / 5)
+    assert got["mean_iou"] == pytest.approx((2 / 5) / 3)  # only class 0 has an intersection

@@ -143,6 +143,8 @@ def make_report(matrix: np.ndarray, class_names: list[str], num_images: int, **c
     report["per_class_iou"] = {
         name: _finite(iou) for name, iou in zip(class_names, scores["per_class_iou"], strict=True)
     }
+    baseline = metrics.scores(metrics.background_baseline(matrix))
+    report["all_background"] = {key: _finite(baseline[key]) for key in SUMMARY_KEYS}
     report["class_names"] = list(class_names)
     report["confusion_matrix"] = np.asarray(matrix, dtype=np.int64).tolist()
     report["num_images"] = int(num_images)
@@ -166,8 +168,10 @@ def format_table(report: dict) -> str:
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]
+    baseline = report.get("all_background", {})
     for key, name in zip(SUMMARY_KEYS, SUMMARY_NAMES, strict=True):
-        lines.append(f"{name:<{width}}  {pct(report[key])} %")
+        floor = f"   (all-background: {pct(baseline[key]).strip()} %)" if key in baseline else ""
+        lines.append(f"{name:<{width}}  {pct(report[key])} %{floor}")
     lines += ["", f"{'class':<{width}}  IoU (%)"]
     for name, iou in report["per_class_iou"].items():
         lines.append(f"{name:<{width}}  {pct(iou)}" + ("  (no pixels)" if iou is None else ""))

@@ -82,6 +82,17 @@ def scores(cm: np.ndarray) -> dict:
     }
 
 
+def background_baseline(cm: np.ndarray) -> np.ndarray:
+    """The confusion matrix of predicting class 0 (background) for every scored pixel.
+
+    Its scores are the floor a segmentation model must clearly beat on the same data.
+    """
+    cm = np.asarray(cm)
+    baseline = np.zeros_like(cm)
+    baseline[:, 0] = cm.sum(axis=1)
+    return baseline
+
+
 class ConfusionMatrix:
     """Accumulates a confusion matrix over many images (numpy, for evaluation)."""
 
