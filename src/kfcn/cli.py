@@ -53,11 +53,6 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _not_available(name: str) -> None:
-    click.echo(f"kfcn: `{name}` is not available yet in this version", err=True)
-    sys.exit(2)
-
-
 @main.command(short_help="Write sharded TFRecords from SBD + VOC 2012 or your own folder.")
 @click.option(
     "--sbd-dir",

@@ -49,12 +49,6 @@ class VGGPreprocess(keras.layers.Layer):
         return config
 
 
-# With `backbone_weights: none` the 15 ReLU layers start from He initialisation, which keeps
-# the activation scale from layer to layer (Glorot, Keras' default, shrinks it ~2x per layer,
-# so a randomly initialised VGG16 barely trains). Loaded weights replace it.
-RANDOM_INIT = "he_normal"
-
-
 def _l2(weight_decay: float):
     return keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
 
@@ -75,7 +69,6 @@ def vgg16_features(images, weight_decay: float) -> dict:
                 3,
                 padding="same",
                 activation="relu",
-                kernel_initializer=RANDOM_INIT,
                 kernel_regularizer=_l2(weight_decay),
                 name=f"block{block}_conv{i}",
             )(x)
@@ -98,7 +91,6 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float):
         7,
         padding="same",
         activation="relu",
-        kernel_initializer=RANDOM_INIT,
         kernel_regularizer=_l2(weight_decay),
         name="fc6",
     )(pool5)
@@ -107,7 +99,6 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float):
         4096,
         1,
         activation="relu",
-        kernel_initializer=RANDOM_INIT,
         kernel_regularizer=_l2(weight_decay),
         name="fc7",
     )(x)
