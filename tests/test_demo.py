@@ -1,0 +1,52 @@
+"""`make demo` end to end, with the same commands and fewer training steps."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+def test_make_demo_runs_the_whole_pipeline(tmp_path):
+    demo = tmp_path / "demo"
+    shorter = "--set train.steps_per_epoch=2 --set train.val_images=4"
+    result = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "demo",
+            f"DEMO={demo}",
+            f"DEMO_SET={shorter}",
+            "DEMO_EPOCHS=fcn32:1 fcn16:1 fcn8:1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "demo finished" in out
+    for stage in ("fcn32", "fcn16", "fcn8"):
+        assert (demo / "run" / stage / "final.keras").is_file(), stage
+    report = json.loads((demo / "evaluation" / "val.json").read_text())
+    assert report["num_images"] == 60
+    assert 0.0 <= report["mean_iou"] <= 1.0
+    assert "all_background" in report and "all-background" in out
+    assert (demo / "evaluation" / "val.png").is_file()
+    masks = sorted((demo / "predictions").glob("*.png"))
+    masks = [m for m in masks if "_overlay" not in m.name]
+    assert len(masks) == 4
+    ids = (demo / "records" / "val.txt").read_text().split()[:4]
+    for image_id in ids:
+        mask = Image.open(demo / "predictions" / f"{image_id}.png")
+        source = Image.open(
+            demo / "raw" / "benchmark_RELEASE" / "dataset" / "img" / f"{image_id}.jpg"
+        )
+        assert mask.mode == "P" and mask.size == source.size
+        assert np.array(mask).max() < 21
+    assert len(list((demo / "predictions").glob("*_overlay.*"))) == 4
