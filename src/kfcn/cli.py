@@ -375,8 +375,21 @@ def train(
 )
 @click.option(
     "--model",
+    "models",
     required=True,
-    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32).",
+    multiple=True,
+    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32). "
+    "Repeat for an ensemble (probabilities averaged).",
+)
+@click.option(
+    "--ensemble", is_flag=True, help="A run directory --model stands for all its finished stages."
+)
+@click.option("--tta", is_flag=True, help="Test-time augmentation: left-right flip and scales.")
+@click.option(
+    "--tta-scales",
+    default="0.75,1.0,1.25",
+    show_default=True,
+    help="--tta: image scales, comma-separated.",
 )
 @click.option(
     "--out",
@@ -395,18 +408,25 @@ def train(
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
-def evaluate(split, data_dir, model, out, batch_size, max_images) -> None:
+def evaluate(
+    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images
+) -> None:
     """Score a model on every image of a prepared split, each at its original resolution.
 
     Prints pixel accuracy, mean accuracy, mean IoU and frequency-weighted IoU (from one
     confusion matrix over the split, label 255 ignored) and the IoU of every class, then writes
     them as JSON with the confusion matrix, and a picture of the row-normalised matrix.
+    The table and the JSON name the model(s) and the TTA setting that produced the numbers.
     """
     from kfcn.evaluate import default_report_path, evaluate_model, format_table, write_report
+    from kfcn.inference import TTA, parse_scales
 
     if out is not None and out.suffix.lower() != ".json":
         raise click.BadParameter(f"{out}: expected a .json file name", param_hint="--out")
-    report = evaluate_model(model, data_dir, split, batch_size, max_images, progress=True)
+    setting = TTA(scales=parse_scales(tta_scales)) if tta else None
+    report = evaluate_model(
+        models, data_dir, split, batch_size, max_images, True, ensemble=ensemble, tta=setting
+    )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or default_report_path(report["model"], split))
     click.echo(f"wrote {json_path} and {png_path}")
@@ -416,8 +436,21 @@ def evaluate(split, data_dir, model, out, batch_size, max_images) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.option(
     "--model",
+    "models",
     required=True,
-    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32).",
+    multiple=True,
+    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32). "
+    "Repeat for an ensemble (probabilities averaged).",
+)
+@click.option(
+    "--ensemble", is_flag=True, help="A run directory --model stands for all its finished stages."
+)
+@click.option("--tta", is_flag=True, help="Test-time augmentation: left-right flip and scales.")
+@click.option(
+    "--tta-scales",
+    default="0.75,1.0,1.25",
+    show_default=True,
+    help="--tta: image scales, comma-separated.",
 )
 @click.option(
     "--out",
@@ -441,7 +474,9 @@ def evaluate(split, data_dir, model, out, batch_size, max_images) -> None:
     show_default=True,
     help="A longer image is predicted shrunk to this long side; its mask is enlarged back.",
 )
-def predict(images, model, out_dir, overlay, batch_size, max_side) -> None:
+def predict(
+    images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side
+) -> None:
     """Predict a segmentation mask for each IMAGE (files, directories or glob patterns).
 
     \b
@@ -452,16 +487,63 @@ def predict(images, model, out_dir, overlay, batch_size, max_side) -> None:
     white; 16-bit images keep their high byte. Unreadable inputs are reported and skipped; the
     exit status is then 1. An output that would replace an input stops everything up front.
     """
+    from kfcn.inference import TTA, parse_scales
     from kfcn.predict import predict_images
 
+    setting = TTA(scales=parse_scales(tta_scales)) if tta else None
     result = predict_images(
-        model, images, out_dir, overlay, batch_size, max_side=max_side, progress=True
+        models,
+        images,
+        out_dir,
+        overlay,
+        batch_size,
+        max_side=max_side,
+        progress=True,
+        ensemble=ensemble,
+        tta=setting,
     )
     click.echo(f"wrote {len(result.written)} file(s) to {out_dir}")
     if result.failures:
         raise KfcnError(
             f"{len(result.failures)} of {result.num_inputs} input(s) failed (listed above)"
         )
+
+
+@main.command(short_help="Export a model as a SavedModel or a TFLite file for serving.")
+@click.option(
+    "--model",
+    required=True,
+    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["saved_model", "tflite"]),
+    help="saved_model: a directory, images of any size; tflite: one file, one size (--size).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="SavedModel directory, or .tflite file (an earlier export there is replaced).",
+)
+@click.option("--size", default=None, metavar="HxW", help="tflite: the input image size.")
+def export(model, fmt, out, size) -> None:
+    """Export a model with its padding for serving, without kfcn or Keras.
+
+    \b
+    saved_model  signature serving_default: image (H, W, 3) uint8 RGB, any size
+                 -> mask (H, W) uint8 class indices, probabilities (H, W, C) float32
+    tflite       signature serving_default: image (1, H, W, 3) uint8 RGB of --size
+                 -> mask (1, H, W) uint8, probabilities (1, H, W, C) float32
+    Class names, palette and variant go to OUT/assets.extra/kfcn.json (SavedModel) or to
+    OUT with .json instead of .tflite. Weights stay float32 (no quantization).
+    """
+    from kfcn.export import export_model, parse_size
+
+    written = export_model(model, fmt, out, parse_size(size) if size is not None else None)
+    click.echo(f"wrote {written}")
 
 
 if __name__ == "__main__":

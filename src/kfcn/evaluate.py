@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,10 @@ from kfcn import metrics
 from kfcn.data import pipeline, records
 from kfcn.errors import DataError
 from kfcn.images import encode_image, write_atomic
+from kfcn.inference import TTA, Predictor, load_predictor, model_paths
 from kfcn.metrics import ConfusionMatrix
-from kfcn.models import load_model, model_info
-from kfcn.padding import batches_by_padded_size, predict_classes
-from kfcn.runs import resolve_model
+from kfcn.models import model_info
+from kfcn.padding import batches_by_padded_size
 
 SUMMARY_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")
 SUMMARY_NAMES = ("pixel accuracy", "mean accuracy", "mean IoU", "fw IoU")
@@ -46,6 +47,8 @@ def confusion_over_split(
     score is at the original resolution; label 255 is ignored. With `batch_size` > 1, images of
     the same padded size share a model call (`kfcn.padding.predict_classes`).
 
+    `model` is a Keras model or a `kfcn.inference.Predictor` (an ensemble and/or TTA).
+
     Returns:
         The confusion matrix accumulator and the number of images scored.
     """
@@ -54,12 +57,13 @@ def confusion_over_split(
     if max_images is not None:
         dataset = dataset.take(max_images)
         total = min(total, max_images)
+    predictor = model if isinstance(model, Predictor) else Predictor([model])
     examples = ((ex["image"].numpy(), ex["label"].numpy()) for ex in dataset)
     cm = ConfusionMatrix(num_classes)
     count = 0
     with tqdm(total=total, desc=f"evaluate {split}", unit="img", disable=not progress) as bar:
         for batch in batches_by_padded_size(examples, batch_size, image_of=lambda ex: ex[0]):
-            preds = predict_classes(model, [image for image, _ in batch])  # (H_i, W_i) each
+            preds = predictor.classes([image for image, _ in batch])  # (H_i, W_i) each
             for (_, label), pred in zip(batch, preds, strict=True):
                 cm.update(label, pred)
             count += len(batch)
@@ -75,41 +79,52 @@ def score_split(model, data_dir, split, num_classes, max_images=None) -> dict[st
 
 
 def evaluate_model(
-    model: str | Path,
+    model: str | Path | Sequence[str | Path],
     data_dir: str | Path,
     split: str,
     batch_size: int = 1,
     max_images: int | None = None,
     progress: bool = False,
+    *,
+    ensemble: bool = False,
+    tta: TTA | None = None,
 ) -> dict:
-    """Score a model file on a prepared split.
+    """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
     Args:
         model: a `.keras` file, or a run directory (its latest finished stage; see
-            `kfcn.runs.resolve_model`).
+            `kfcn.runs.resolve_model`); or several, whose probabilities are averaged.
         data_dir: directory written by `kfcn prepare`.
         split: any split present in `data_dir`.
         batch_size: images per model call (only images of one padded size share a call).
         max_images: score only the first this many records.
         progress: show a progress bar.
+        ensemble: a run directory stands for all its finished stages (averaged).
+        tta: test-time augmentation (flip, scales), or None.
 
     Returns:
-        The report (see `make_report`).
+        The report (see `make_report`), with `model` (the first file), `models` (all files) and
+        `tta` (the `TTA.as_dict()` setting, or None).
 
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
         DataError: `split` is absent (the message lists the splits present), or the data's
             class count differs from the model's.
     """
-    path = resolve_model(model)
-    class_names = model_info(path)["class_names"]
+    paths = model_paths(model, ensemble)
+    class_names = model_info(paths[0])["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
-    _check_classes(data_dir, path, len(class_names))
-    net, _ = load_model(path)
+    _check_classes(data_dir, paths[0], len(class_names))
+    predictor, _, _ = load_predictor(paths, tta=tta)
     cm, count = confusion_over_split(
-        net, data_dir, split, len(class_names), max_images, progress, batch_size
+        predictor, data_dir, split, len(class_names), max_images, progress, batch_size
     )
-    return make_report(cm.matrix, class_names, count, model=path, split=split, data_dir=data_dir)
+    report = make_report(
+        cm.matrix, class_names, count, model=paths[0], split=split, data_dir=data_dir
+    )
+    report["models"] = [str(p) for p in paths]
+    report["tta"] = tta.as_dict() if tta else None
+    return report
 
 
 def _check_classes(data_dir, model_path: Path, num_classes: int) -> None:
@@ -163,8 +178,17 @@ def format_table(report: dict) -> str:
         return "     -" if value is None else f"{100 * value:6.2f}"
 
     width = max([len(n) for n in report["per_class_iou"]] + [len(n) for n in SUMMARY_NAMES])
+    models = report.get("models") or [report.get("model", "?")]
+    tta = report.get("tta")
     lines = [
-        f"model: {report.get('model', '?')}",
+        f"model: {models[0]}" if len(models) == 1 else f"ensemble of {len(models)} (mean prob.):",
+        *([f"  {m}" for m in models] if len(models) > 1 else []),
+        "tta: "
+        + (
+            f"flip {'on' if tta['flip'] else 'off'}, scales {', '.join(map(str, tta['scales']))}"
+            if tta
+            else "none"
+        ),
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]

@@ -17,7 +17,7 @@ keep the input's size.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from kfcn.errors import DataError, ModelError
 from kfcn.images import encode_image, expand_inputs, read_image, write_atomic
-from kfcn.models import load_model, make_info
-from kfcn.padding import batches_by_padded_size, predict_classes
+from kfcn.inference import TTA, Predictor, load_predictor
+from kfcn.models import make_info
+from kfcn.padding import batches_by_padded_size
 from kfcn.palette import IGNORE_LABEL, flat_palette
-from kfcn.runs import resolve_model
 
 MAX_SIDE = 2048
 """Images with a longer side are predicted at this size and their masks enlarged back."""
@@ -55,7 +55,7 @@ class PredictResult:
 
 
 def predict_images(
-    model: str | Path | keras.Model,
+    model: str | Path | keras.Model | Sequence[str | Path],
     inputs: Iterable[str | Path],
     out_dir: str | Path,
     overlay: bool = False,
@@ -64,12 +64,15 @@ def predict_images(
     info: dict | None = None,
     max_side: int = MAX_SIDE,
     progress: bool = False,
+    ensemble: bool = False,
+    tta: TTA | None = None,
 ) -> PredictResult:
     """Predict a segmentation mask for each input image and write it (and an overlay) to `out_dir`.
 
     Args:
         model: a `.keras` model file, a run directory (its latest finished stage, see
-            `kfcn.runs.resolve_model`) or a loaded `keras.Model`.
+            `kfcn.runs.resolve_model`) or a loaded `keras.Model`; or several files or run
+            directories, an ensemble whose probabilities are averaged.
         inputs: image files, directories (their images, not recursive, sorted) and glob patterns.
         out_dir: output folder, created when missing. Outputs are named after the input's stem;
             a later input whose stem is taken (ignoring case) gets `-2`, `-3`, ...
@@ -79,6 +82,8 @@ def predict_images(
             default the file's info, or VOC names and colours.
         max_side: longest side predicted at full resolution (see the module docstring).
         progress: show a progress bar and print each failure on stderr as it happens.
+        ensemble: a run directory stands for all its finished stages (averaged).
+        tta: test-time augmentation (flip, scales; see `kfcn.inference`), or None.
 
     Returns:
         The files written and the inputs that failed; unreadable inputs do not stop the others.
@@ -92,7 +97,7 @@ def predict_images(
         inputs = [inputs]
     files, problems = expand_inputs(inputs)
     targets = _plan_outputs(files, Path(out_dir), overlay)
-    model, info = _load(model, info)
+    predictor, info = _load(model, info, ensemble, tta)
     palette = np.asarray(info["palette"], np.uint8).reshape(-1, 3)  # (C, 3)
     result = PredictResult(num_inputs=len(files) + len(problems))
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
@@ -116,7 +121,7 @@ def predict_images(
         for name, message in problems:
             fail(name, message)
         for batch in batches_by_padded_size(readable(), batch_size, image_of=lambda b: b[2]):
-            masks = predict_classes(model, [small for _, _, small in batch])
+            masks = predictor.classes([small for _, _, small in batch])
             for (file, image, _), mask in zip(batch, masks, strict=True):
                 mask = enlarge(mask, image.shape[:2])  # (H, W) uint8
                 mask_path, overlay_path = targets[file]
@@ -161,11 +166,13 @@ def _plan_outputs(files: list[Path], out_dir: Path, overlay: bool) -> dict[Path,
     return targets
 
 
-def _load(model, info: dict | None) -> tuple[keras.Model, dict]:
-    if not isinstance(model, keras.Model):
-        model, stored = load_model(resolve_model(model))
+def _load(model, info: dict | None, ensemble: bool, tta: TTA | None) -> tuple[Predictor, dict]:
+    if isinstance(model, keras.Model):
+        predictor = Predictor([model], tta)
+    else:
+        predictor, stored, _ = load_predictor(model, ensemble, tta)
         info = info or stored
-    num_classes = int(model.output.shape[-1])
+    num_classes = predictor.num_classes
     if info is None:
         info = make_info("unknown", {"model": {"num_classes": num_classes}})
     if num_classes > IGNORE_LABEL:
@@ -173,7 +180,7 @@ def _load(model, info: dict | None) -> tuple[keras.Model, dict]:
             f"the model predicts {num_classes} classes; palette PNG masks hold at most "
             f"{IGNORE_LABEL} (indices 0-{IGNORE_LABEL - 1})"
         )
-    return model, info
+    return predictor, info
 
 
 def shrink(image: np.ndarray, max_side: int) -> np.ndarray:

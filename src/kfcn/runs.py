@@ -42,3 +42,18 @@ def resolve_model(model: str | Path) -> Path:
         f"{path}: no finished stage in this run directory (expected one of {expected}); "
         "pass a .keras file to use another model"
     )
+
+
+def finished_stages(run_dir: str | Path) -> list[Path]:
+    """The model files of every finished stage of a run directory, in order fcn32, fcn16, fcn8.
+
+    Returns:
+        `RUN_DIR/STAGE/final.keras` for each stage where it exists; empty when there is none.
+    """
+    from kfcn.train import FINAL_MODEL  # see resolve_model
+
+    return [
+        Path(run_dir) / stage / FINAL_MODEL
+        for stage in STAGES
+        if (Path(run_dir) / stage / FINAL_MODEL).is_file()
+    ]

@@ -1,0 +1,260 @@
+"""`kfcn export`: a model as a TensorFlow SavedModel or a TFLite file, for serving.
+
+Both formats hold the whole inference path, so a server needs neither kfcn nor Keras:
+
+* **SavedModel** (`format="saved_model"`): signature `serving_default` takes one image
+  `image` (H, W, 3) uint8 RGB of *any* size (no batch axis) and returns `mask` (H, W) uint8 class
+  indices and `probabilities` (H, W, C) float32 softmax scores, both at the image's size. The
+  padding to a multiple of 32 and the crop back run inside the graph, with the same
+  `kfcn.padding` functions `kfcn evaluate` and `kfcn predict` use, so masks equal `kfcn predict`'s.
+* **TFLite** (`format="tflite"`): one fixed input size, chosen at export. Signature
+  `serving_default` takes `image` (1, H, W, 3) uint8 and returns `mask` (1, H, W) uint8 and
+  `probabilities` (1, H, W, C) float32; padding happens inside, so H and W need not be multiples
+  of 32. The converter's optimizations (quantization) are off: the file keeps float32 weights
+  (about 0.5 GB for VGG16) and its masks match the SavedModel's up to float rounding.
+
+Both write `assets.extra/kfcn.json` (SavedModel) or `OUT.json` next to the TFLite file with the
+class names, palette and variant, so a server can name and colour the classes.
+
+Images must be decoded as kfcn decodes them (`kfcn.data.records.decode_image`: JPEGs with
+`INTEGER_ACCURATE` DCT, which matches PIL) for the masks to match `kfcn predict` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from kfcn.errors import ModelError
+from kfcn.images import write_atomic
+from kfcn.padding import crop_to, pad_image
+
+FORMATS = ("saved_model", "tflite")
+SIGNATURE = "serving_default"
+INFO_FILE = "kfcn.json"
+"""Class names, palette and variant, in `assets.extra/` of a SavedModel or as `OUT.json`."""
+
+MAX_CLASSES = 256
+"""Masks are uint8."""
+
+
+def _segment(model: keras.Model, image: tf.Tensor) -> dict[str, tf.Tensor]:
+    """(H, W, 3) uint8 -> mask (H, W) uint8 and probabilities (H, W, C) float32."""
+    padded, hw = pad_image(image)  # (H', W', 3) float32, (2,) int32
+    logits = model(padded[tf.newaxis], training=False)[0]  # (H', W', C)
+    logits = crop_to(tf.cast(logits, tf.float32), hw)  # (H, W, C)
+    mask = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (H, W)
+    return {"mask": tf.cast(mask, tf.uint8), "probabilities": tf.nn.softmax(logits)}
+
+
+def _archive(model: keras.Model, spec: tf.TensorSpec, serve) -> keras.export.ExportArchive:
+    """An export archive of `model` with `serve` as its `serving_default` signature.
+
+    Keras's `ExportArchive` tracks the model's variables so that the SavedModel restores them and
+    the TFLite converter can freeze them into constants.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
+    return archive
+
+
+def _check_model(model: keras.Model) -> None:
+    classes = int(model.output.shape[-1])
+    if classes > MAX_CLASSES:
+        raise ModelError(
+            f"the model predicts {classes} classes; export writes uint8 masks "
+            f"(at most {MAX_CLASSES} classes)"
+        )
+
+
+def _info_json(info: dict | None) -> str:
+    info = info or {}
+    keys = ("variant", "class_names", "palette", "kfcn_version")
+    return json.dumps({key: info[key] for key in keys if key in info}, indent=2)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` to `out`, replacing an earlier export there."""
+    if out.is_dir():
+        # os.replace cannot replace a non-empty directory: move the old one aside first.
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_saved_model(model: keras.Model, out: str | Path, info: dict | None = None) -> Path:
+    """Write `model` as a SavedModel that segments uint8 images of any size.
+
+    Args:
+        model: an FCN from `kfcn.models.load_model` or `build_fcn`.
+        out: the SavedModel directory to write; an earlier SavedModel there is replaced.
+        info: the model's information (`load_model`'s second value); its class names, palette
+            and variant go to `OUT/assets.extra/kfcn.json`.
+
+    Returns:
+        `out`. Signature `serving_default`: `image` (H, W, 3) uint8 -> `mask` (H, W) uint8,
+        `probabilities` (H, W, C) float32.
+
+    Raises:
+        ModelError: `out` is a file or a directory that is not a SavedModel, or cannot be
+            written; or the model has more than 256 classes.
+    """
+    out = Path(out)
+    check_out(out, "saved_model")
+    _check_model(model)
+    spec = tf.TensorSpec([None, None, 3], tf.uint8, name="image")
+    archive = _archive(model, spec, lambda image: _segment(model, image))
+    return _write_dir(out, lambda tmp: _save(archive, tmp, info))
+
+
+def check_out(out: str | Path, fmt: str) -> None:
+    """Refuse an output path that would replace something other than an earlier export.
+
+    Raises:
+        ModelError: for 'saved_model', `out` is a file or a non-empty directory without
+            `saved_model.pb`; for 'tflite', `out` is a directory.
+    """
+    out = Path(out)
+    if fmt == "tflite" and out.is_dir():
+        raise ModelError(f"{out}: is a directory; --format tflite writes one file (model.tflite)")
+    if fmt == "saved_model" and (
+        out.is_file()
+        or (out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file())
+    ):
+        raise ModelError(f"{out}: exists and is not a SavedModel; choose another --out")
+
+
+def _save(archive: keras.export.ExportArchive, tmp: Path, info: dict | None) -> None:
+    archive.write_out(str(tmp), verbose=False)
+    (tmp / "assets.extra").mkdir(exist_ok=True)
+    (tmp / "assets.extra" / INFO_FILE).write_text(_info_json(info))
+
+
+def _write_dir(out: Path, write) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the model from a serving user
+    except OSError as exc:
+        raise ModelError(f"{out}: cannot write here ({exc})") from None
+    try:
+        write(tmp)
+        _replace(tmp, out)
+    except OSError as exc:
+        raise ModelError(f"{out}: cannot write the export ({exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_tflite(
+    model: keras.Model, out: str | Path, size: tuple[int, int], info: dict | None = None
+) -> Path:
+    """Write `model` as a float32 TFLite file for images of one fixed size.
+
+    Args:
+        model: an FCN from `kfcn.models.load_model` or `build_fcn`.
+        out: the `.tflite` file to write (replaced when present). Class names, palette and
+            variant go to the same name with `.json` instead.
+        size: (H, W) of the input images, each >= 1 (padding to a multiple of 32 is inside).
+        info: the model's information (`load_model`'s second value).
+
+    Returns:
+        `out`. Signature `serving_default`: `image` (1, H, W, 3) uint8 -> `mask` (1, H, W) uint8,
+        `probabilities` (1, H, W, C) float32.
+
+    Raises:
+        ModelError: a bad size, `out` is a directory or cannot be written, the conversion fails,
+            or the model has more than 256 classes.
+    """
+    out = Path(out)
+    height, width = size
+    if height < 1 or width < 1:
+        raise ModelError(f"export size {height}x{width}: height and width must be >= 1")
+    check_out(out, "tflite")
+    _check_model(model)
+
+    def serve(image):  # (1, H, W, 3) uint8
+        outputs = _segment(model, image[0])
+        return {key: value[tf.newaxis] for key, value in outputs.items()}
+
+    spec = tf.TensorSpec([1, height, width, 3], tf.uint8, name="image")
+    archive = _archive(model, spec, serve)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # The converter reads a SavedModel (~0.5 GB): write it beside the output, not in /tmp.
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+            archive.write_out(tmp, verbose=False)
+            flatbuffer = _convert(tf.lite.TFLiteConverter.from_saved_model(tmp), out)
+    except OSError as exc:
+        raise ModelError(f"{out}: cannot write the export ({exc})") from None
+    write_atomic(out.with_suffix(".json"), _info_json(info).encode())
+    write_atomic(out, flatbuffer)
+    return out
+
+
+def _convert(converter: tf.lite.TFLiteConverter, out: Path) -> bytes:
+    """Run the converter with its defaults: no optimizations, so weights stay float32."""
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises many types; report it as one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{out}: TFLite conversion failed ({reason})") from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse 'HxW' (e.g. '512x384') into (H, W).
+
+    Raises:
+        ModelError: not two positive integers joined by 'x'.
+    """
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ModelError(f"--size {text!r}: expected HxW with positive integers, e.g. 512x512")
+    return int(parts[0]), int(parts[1])
+
+
+def export_model(
+    model: str | Path, fmt: str, out: str | Path, size: tuple[int, int] | None = None
+) -> Path:
+    """Load a model (a `.keras` file or a run directory) and export it.
+
+    Args:
+        model: a `.keras` file, a run directory (its latest finished stage) or a stage directory.
+        fmt: 'saved_model' or 'tflite'.
+        out: the SavedModel directory or `.tflite` file to write.
+        size: (H, W) of the TFLite input; required for 'tflite', not allowed for 'saved_model'
+            (whose signature takes any size).
+
+    Returns:
+        `out`.
+
+    Raises:
+        ModelError: an unknown format, a missing or extra size, or any error of the exporters.
+    """
+    from kfcn.models import load_model
+    from kfcn.runs import resolve_model
+
+    if fmt not in FORMATS:
+        raise ModelError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    if fmt == "tflite" and size is None:
+        raise ModelError("--format tflite needs --size HxW (TFLite models have one input size)")
+    if fmt == "saved_model" and size is not None:
+        raise ModelError("--size is for --format tflite; the SavedModel takes images of any size")
+    check_out(out, fmt)
+    keras_model, info = load_model(resolve_model(model))
+    if fmt == "saved_model":
+        return export_saved_model(keras_model, out, info)
+    return export_tflite(keras_model, out, size, info)

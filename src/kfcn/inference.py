@@ -1,0 +1,190 @@
+"""Test-time augmentation and ensembles: the one place where predictions are averaged.
+
+A `Predictor` holds one or more models and an optional `TTA` setting. For each image it runs
+every model on every view (each scale, each scale flipped left-right), turns each view's logits
+into class probabilities (softmax), brings them back to the image's own (H, W) (un-flipped,
+resized bilinearly), and averages them; the class is the argmax of the average. Every view is
+padded to its own multiple of 32 by `kfcn.padding`, like a plain prediction.
+
+With one model and no TTA, `Predictor.classes` is exactly `kfcn.padding.predict_classes` (the
+argmax of the logits, images of one padded size batched in one call), so plain results do not
+change. `kfcn evaluate` and `kfcn predict` both predict through a `Predictor`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfcn.errors import ConfigError, ModelError
+from kfcn.padding import predict_classes, predict_logits
+
+DEFAULT_SCALES = (0.75, 1.0, 1.25)
+
+
+@dataclass(frozen=True)
+class TTA:
+    """A test-time augmentation setting."""
+
+    flip: bool = True
+    """Also predict each view mirrored left-right (and mirror the result back)."""
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    """Image scales; each view is resized by this factor (bilinear) before padding."""
+
+    def as_dict(self) -> dict:
+        """JSON-ready: {"flip": bool, "scales": [floats]}."""
+        return {"flip": self.flip, "scales": [float(s) for s in self.scales]}
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """Parse '0.75,1.0,1.25' into scales.
+
+    Raises:
+        ConfigError: not a comma-separated list of numbers in (0, 4].
+    """
+    try:
+        scales = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < s <= 4 for s in scales):
+        raise ConfigError(
+            f"--tta-scales {text!r}: expected comma-separated scales in (0, 4], e.g. 0.75,1.0,1.25"
+        )
+    return scales
+
+
+class Predictor:
+    """Predicts class probabilities and classes with one or more models and optional TTA.
+
+    Args:
+        models: one or more FCNs that predict the same classes.
+        tta: a `TTA` setting, or None for a single plain view.
+
+    Raises:
+        ModelError: no models, or models that predict different numbers of classes.
+    """
+
+    def __init__(self, models: Sequence[keras.Model], tta: TTA | None = None):
+        self.models = list(models)
+        self.tta = tta
+        if not self.models:
+            raise ModelError("no model to predict with")
+        counts = {int(m.output.shape[-1]) for m in self.models}
+        if len(counts) != 1:
+            raise ModelError(f"ensemble members predict different numbers of classes: {counts}")
+        self.num_classes = counts.pop()
+
+    @property
+    def plain(self) -> bool:
+        """One model, no TTA: classes come straight from the logits."""
+        return len(self.models) == 1 and self.tta is None
+
+    def _views(self) -> list[tuple[float, bool]]:
+        if self.tta is None:
+            return [(1.0, False)]
+        flips = (False, True) if self.tta.flip else (False,)
+        return [(scale, flip) for scale in self.tta.scales for flip in flips]
+
+    def probabilities(self, image) -> np.ndarray:
+        """Average class probabilities of every model on every view of one image.
+
+        Args:
+            image: (H, W, 3) RGB in 0-255, any real or integer dtype.
+
+        Returns:
+            (H, W, C) float32 probabilities, summing to 1 over C.
+        """
+        image = tf.cast(tf.convert_to_tensor(image), tf.float32)  # (H, W, 3)
+        h, w = int(image.shape[0]), int(image.shape[1])
+        total = np.zeros((h, w, self.num_classes), np.float64)
+        views = self._views()
+        for scale, flip in views:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            view = image if size == (h, w) else tf.image.resize(image, size, method="bilinear")
+            if flip:
+                view = view[:, ::-1]
+            for model in self.models:
+                logits = predict_logits(model, view)  # (h', w', C)
+                probs = tf.nn.softmax(logits[:, ::-1] if flip else logits)
+                if size != (h, w):
+                    probs = tf.image.resize(probs, (h, w), method="bilinear")  # (H, W, C)
+                total += np.asarray(probs, np.float64)
+        return (total / (len(views) * len(self.models))).astype(np.float32)
+
+    def classes(self, images: Sequence) -> list[np.ndarray]:
+        """Class indices for images; without TTA and ensemble, exactly `predict_classes`.
+
+        Args:
+            images: (H_i, W_i, 3) RGB images; for a plain predictor they must share a padded
+                size (as for `kfcn.padding.predict_classes`).
+
+        Returns:
+            One (H_i, W_i) uint8 array of class indices per image.
+        """
+        if self.plain:
+            return predict_classes(self.models[0], images)
+        return [self.probabilities(image).argmax(-1).astype(np.uint8) for image in images]
+
+    def describe(self) -> dict:
+        """What produced the predictions: {"ensemble": N, "tta": {...} or None}."""
+        return {"ensemble": len(self.models), "tta": self.tta.as_dict() if self.tta else None}
+
+
+def model_paths(models: str | Path | Sequence[str | Path], ensemble: bool = False) -> list[Path]:
+    """The `.keras` files of MODEL arguments.
+
+    Args:
+        models: one or more `.keras` files or run directories.
+        ensemble: take every finished stage of a run directory, not only its latest.
+
+    Returns:
+        The files, in argument order (a run's stages in order fcn32, fcn16, fcn8).
+
+    Raises:
+        ModelError: an argument names nothing usable.
+    """
+    from kfcn.runs import finished_stages, resolve_model
+
+    if isinstance(models, (str, os.PathLike)):
+        models = [models]
+    paths: list[Path] = []
+    for model in models:
+        if ensemble and Path(model).is_dir() and finished_stages(model):
+            paths.extend(finished_stages(model))
+        else:
+            paths.append(resolve_model(model))
+    if not paths:
+        raise ModelError("no model given")
+    return paths
+
+
+def load_predictor(
+    models: str | Path | Sequence[str | Path], ensemble: bool = False, tta: TTA | None = None
+) -> tuple[Predictor, dict, list[Path]]:
+    """Load the models that MODEL arguments name into one `Predictor`.
+
+    Returns:
+        `(predictor, info, paths)`: `info` is the first model's (class names, palette, ...).
+
+    Raises:
+        ModelError: a model cannot be loaded, or the members' class lists differ.
+    """
+    from kfcn.models import load_model, model_info
+
+    paths = model_paths(models, ensemble)
+    first = model_info(paths[0])
+    for path in paths[1:]:
+        names = model_info(path)["class_names"]
+        if names != first["class_names"]:
+            raise ModelError(
+                f"{path}: its classes {names} differ from {paths[0]}'s {first['class_names']}; "
+                "ensemble members must share one class list"
+            )
+    loaded = [load_model(path)[0] for path in paths]
+    return Predictor(loaded, tta), first, paths
