@@ -34,6 +34,9 @@ TFLITE_TOLERANCE = 0.995
 def exported(tmp_path_factory):
     """A random 3-class FCN-8s saved as .keras, exported with the CLI in both formats."""
     folder = tmp_path_factory.mktemp("export")
+    # A fresh Keras session resets the global seed generator, so the random backbone does not
+    # depend on which tests ran earlier in this process.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = build_fcn("fcn8", num_classes=3, backbone_weights="none")
     rng = np.random.default_rng(3)  # a seed whose masks hold all three classes

@@ -10,23 +10,15 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from kfcn.fileio import atomic_write, publish
+
 STATE_FILE = "state.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_resume_state(ckpt_dir: Path) -> dict | None:
@@ -86,9 +78,9 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         tmp = self.ckpt_dir / f"tmp-{name}"
         self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self.ckpt_dir / name)
+        publish(tmp, self.ckpt_dir / name)
         state = {"epoch": epoch + 1, "weights": name, **self.extra_state()}
-        _atomic_write_text(self.ckpt_dir / STATE_FILE, json.dumps(state, indent=2))
+        atomic_write(self.ckpt_dir / STATE_FILE, json.dumps(state, indent=2))
         for old in self.ckpt_dir.glob("epoch-*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -120,7 +112,7 @@ class HistoryCSV(keras.callbacks.Callback):
         writer = csv.DictWriter(buf, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        _atomic_write_text(self.path, buf.getvalue())
+        atomic_write(self.path, buf.getvalue())
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

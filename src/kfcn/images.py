@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import glob
 import io
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from PIL import Image, ImageOps
 
 from kfcn.data.records import decode_image
 from kfcn.errors import DataError
+from kfcn.fileio import atomic_write
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -180,16 +179,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     Raises:
         DataError: the folder cannot be created or written.
     """
-    path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        return atomic_write(path, data)
     except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    return path

@@ -35,6 +35,7 @@ from kfcn.data.classes import ClassList, check_ignore_index, default_names, load
 from kfcn.data.records import META_FILE, SHARD_RE, encode_example, encode_label_png, shard_name
 from kfcn.data.sources import SCHEMES, LoadedSample, Sample, load_samples, plan_splits
 from kfcn.errors import DataError
+from kfcn.fileio import atomic_write
 from kfcn.palette import IGNORE_LABEL, VOC_CLASSES, voc_colormap
 
 _BATCH = 8  # samples per task sent to a worker: amortises the inter-process round trip
@@ -119,15 +120,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fingerprint(samples: Sequence[Sample], settings=None) -> str:
@@ -225,7 +217,7 @@ def _write_shard(
             "bytes": tmp.stat().st_size,
             "sha256": _sha256(tmp),
         }
-        _write_text_atomic(_manifest_path(shard), json.dumps(manifest))
+        atomic_write(_manifest_path(shard), json.dumps(manifest))
         os.replace(tmp, shard)
     finally:
         tmp.unlink(missing_ok=True)
@@ -259,7 +251,7 @@ def _write_split(
             ids.extend(manifest["ids"])
             skipped.extend(manifest["skipped"])
             label_counts += np.asarray(manifest["label_counts"], np.int64)
-    _write_text_atomic(out_dir / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+    atomic_write(out_dir / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     return {
         "count": len(ids),
         "ids": ids,
@@ -389,7 +381,7 @@ def prepare_dataset(
         "shard_size": shard_size,
         "skipped": [entry for s in splits.values() for entry in s["skipped"]],
     }
-    _write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -547,5 +539,5 @@ def prepare_folder_dataset(
         "unpaired": pairs.unpaired(),
         "skipped": [entry for s in splits.values() for entry in s["skipped"]],
     }
-    _write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta

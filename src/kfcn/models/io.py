@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 
 from kfcn import __version__
 from kfcn.errors import ModelError
+from kfcn.fileio import publish, temp_path
 from kfcn.models import fcn as _fcn  # noqa: F401  (registers BilinearUpsampling)
 from kfcn.models import vgg as _vgg  # noqa: F401  (registers VGGPreprocess)
 from kfcn.palette import VOC_CLASSES, voc_colormap
@@ -144,14 +144,11 @@ def save_model(
     info = _check_info(model, info)
     temps: list[str] = []  # Keras' archive, then the archive with info, in the target folder
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".keras", ".tmp"):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-            os.close(fd)
-            temps.append(tmp)
+            temps.append(str(temp_path(path, suffix)))
         _save_keras(model, temps[0], include_optimizer)
         _copy_with_info(temps[0], temps[1], info)
-        os.replace(temps[1], path)
+        publish(temps[1], path)
     except OSError as exc:
         raise ModelError(f"{path}: cannot write the model file ({exc})") from None
     finally:
