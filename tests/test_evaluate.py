@@ -1,9 +1,7 @@
 """`kfcn evaluate`: agreement with `predict`, the report files, model resolution, errors."""
 
-import gc
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +18,14 @@ from kfcn.predict import predict_images
 from kfcn.runs import resolve_model
 
 from .shards import write_shards
-from .test_predict import CLASS_NAMES, save_tiny_model
+from .tiny_model import CLASS_NAMES, tiny_model
 
 N_VAL = 6
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    path, model, info = save_tiny_model(folder)
-    yield path, model, info
-    del model
-    gc.collect()
-    shutil.rmtree(folder, ignore_errors=True)  # the model file is ~0.5 GB
+    yield from tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

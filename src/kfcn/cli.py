@@ -27,6 +27,35 @@ SET_OPTION = click.option(
     help="Override one config key, e.g. --set train.epochs=5 (repeatable).",
 )
 
+# Options shared by `evaluate` and `predict`.
+MODELS_OPTION = click.option(
+    "--model",
+    "models",
+    required=True,
+    multiple=True,
+    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32). "
+    "Repeat for an ensemble (probabilities averaged).",
+)
+ENSEMBLE_OPTION = click.option(
+    "--ensemble", is_flag=True, help="A run directory --model stands for all its finished stages."
+)
+TTA_OPTION = click.option(
+    "--tta", is_flag=True, help="Test-time augmentation: left-right flip and scales."
+)
+TTA_SCALES_OPTION = click.option(
+    "--tta-scales",
+    default="0.75,1.0,1.25",
+    show_default=True,
+    help="--tta: image scales, comma-separated.",
+)
+BATCH_SIZE_OPTION = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Images per model call (images of one padded size only).",
+)
+
 
 class KfcnGroup(click.Group):
     """A click group that turns user errors into one clear line and a non-zero exit."""
@@ -373,24 +402,10 @@ def train(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory written by `kfcn prepare`.",
 )
-@click.option(
-    "--model",
-    "models",
-    required=True,
-    multiple=True,
-    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32). "
-    "Repeat for an ensemble (probabilities averaged).",
-)
-@click.option(
-    "--ensemble", is_flag=True, help="A run directory --model stands for all its finished stages."
-)
-@click.option("--tta", is_flag=True, help="Test-time augmentation: left-right flip and scales.")
-@click.option(
-    "--tta-scales",
-    default="0.75,1.0,1.25",
-    show_default=True,
-    help="--tta: image scales, comma-separated.",
-)
+@MODELS_OPTION
+@ENSEMBLE_OPTION
+@TTA_OPTION
+@TTA_SCALES_OPTION
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -398,13 +413,7 @@ def train(
     help="Report file (.json); the confusion matrix picture goes beside it (.png). "
     "[default: beside the model, MODEL_STEM-eval-SPLIT.json]",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Images per model call (images of one padded size only).",
-)
+@BATCH_SIZE_OPTION
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
@@ -434,24 +443,10 @@ def evaluate(
 
 @main.command(short_help="Write colour-palette segmentation masks for images.")
 @click.argument("images", nargs=-1, required=True)
-@click.option(
-    "--model",
-    "models",
-    required=True,
-    multiple=True,
-    help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32). "
-    "Repeat for an ensemble (probabilities averaged).",
-)
-@click.option(
-    "--ensemble", is_flag=True, help="A run directory --model stands for all its finished stages."
-)
-@click.option("--tta", is_flag=True, help="Test-time augmentation: left-right flip and scales.")
-@click.option(
-    "--tta-scales",
-    default="0.75,1.0,1.25",
-    show_default=True,
-    help="--tta: image scales, comma-separated.",
-)
+@MODELS_OPTION
+@ENSEMBLE_OPTION
+@TTA_OPTION
+@TTA_SCALES_OPTION
 @click.option(
     "--out",
     "out_dir",
@@ -460,13 +455,7 @@ def evaluate(
     help="Output folder (created when missing).",
 )
 @click.option("--overlay", is_flag=True, help="Also write NAME_overlay.jpg with a legend.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Images per model call (images of one padded size only).",
-)
+@BATCH_SIZE_OPTION
 @click.option(
     "--max-side",
     type=click.IntRange(min=32),

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from kfcn.data.folder import to_rgb  # the conversion `prepare` stores folder images with
 from kfcn.data.records import decode_image
 from kfcn.errors import DataError
 from kfcn.fileio import atomic_write
@@ -37,7 +38,6 @@ IMAGE_SUFFIXES = frozenset(
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
 GLOB_CHARS = frozenset("*?[")
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def expand_inputs(args: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -148,21 +148,6 @@ def _read_with_pil(path: Path, data: bytes) -> np.ndarray:
         # files, and ValueError or SyntaxError for some malformed headers.
         reason = str(exc).strip() or type(exc).__name__
         raise DataError(f"{path}: not a readable image ({reason})") from None
-
-
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to (H, W, 3) uint8 RGB (rules in the module docstring)."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)  # (H, W, 3)
-    if image.mode == "F":
-        gray = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)  # (H, W, 3)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def encode_image(image: Image.Image, fmt: str, **params) -> bytes:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from kfcn.data.classes import MAX_CLASSES, colour_codes
-from kfcn.data.sources import LoadedSample, Sample
+from kfcn.data.sources import LoadedSample, Sample, read_bytes
 from kfcn.errors import DataError
 from kfcn.palette import IGNORE_LABEL
 
@@ -217,9 +217,9 @@ def _orientation(image: Image.Image) -> int:
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """A PIL image of any mode as (H, W, 3) uint8 RGB, by the rules of `kfcn.images.to_rgb`
-    (transparency on white, 16-bit high byte), which `kfcn predict` applies to its inputs. That
-    module imports TensorFlow, which the reader processes leave out; a test keeps the two equal."""
+    """A PIL image of any mode as (H, W, 3) uint8 RGB: transparency on white, 16-bit high byte,
+    float clipped to 0-255 (the rules in `kfcn.images`). `kfcn predict` converts its non-JPEG
+    inputs with this same function, so stored and predicted pixels agree."""
     if image.mode in SIXTEEN_BIT_MODES:
         gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)  # (H, W, 3)
@@ -251,12 +251,7 @@ def read_folder_image(path: str | Path) -> tuple[bytes, str, int, int]:
         DataError: the file is missing, not a JPEG or PNG, truncated or corrupt.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file missing") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from None
+    data = read_bytes(path, "image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = image.format

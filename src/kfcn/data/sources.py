@@ -208,6 +208,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of the file at `path`; `what` ('image', 'label') names it in messages.
+
+    Raises:
+        DataError: the file is missing or cannot be read.
+    """
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file missing") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({_one_line(exc)})") from None
+
+
 def _struct_field(value, name: str):
     """Field `name` of a MATLAB struct as loaded by scipy, whether or not it was squeezed."""
     while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
@@ -284,12 +298,7 @@ def read_sbd_label(path: str | Path) -> np.ndarray:
             values other than 0..20 and 255.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: label file missing") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read label ({_one_line(exc)})") from None
+    data = read_bytes(path, "label")
     _check_mat5(data, path)
     try:
         # squeeze_me=False keeps every field's shape fixed: squeezing turns a one-class file's
@@ -339,12 +348,7 @@ def read_jpeg(path: str | Path) -> tuple[bytes, int, int]:
         DataError: when the file is missing, not a JPEG, truncated or corrupt.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file missing") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({_one_line(exc)})") from None
+    data = read_bytes(path, "image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, mode, (width, height) = image.format, image.mode, image.size
