@@ -33,14 +33,14 @@ from kfcn.callbacks import (
     Validation,
     read_resume_state,
 )
-from kfcn.config import STAGES, Config, config_to_dict, save_config
+from kfcn.config import STAGES, Config, save_config
 from kfcn.data import pipeline, records
 from kfcn.errors import ConfigError, KfcnError
 from kfcn.evaluate import score_split
 from kfcn.keras_compat import build_for_fit, patch_multiworker_reduce
 from kfcn.losses import MaskedSparseCrossEntropy
 from kfcn.metrics import MeanIoU, PixelAccuracy
-from kfcn.models import apply_freeze, build_fcn, save_model, transfer_weights
+from kfcn.models import apply_freeze, build_fcn, make_info, save_model, transfer_weights
 from kfcn.palette import VOC_CLASSES, voc_colormap
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -266,13 +266,7 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if chief:
         save_config(cfg, stage_dir / "config.yaml")
-    info = {
-        "variant": opts.stage,
-        "config": config_to_dict(cfg),
-        "class_names": names,
-        "palette": [list(map(int, c)) for c in palette],
-        "init": str(source),
-    }
+    info = {**make_info(opts.stage, cfg, names, palette), "init": str(source)}
 
     def save(model_, path: Path, epoch: int) -> None:
         if chief:
