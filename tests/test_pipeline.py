@@ -94,6 +94,26 @@ def test_same_seed_same_batches_other_seed_other_batches(data):
     assert any(not np.array_equal(x1, x3) for (x1, _), (x3, _) in zip(first, other, strict=True))
 
 
+def test_an_epoch_is_a_function_of_seed_and_epoch_only(data):
+    """A stream started at epoch 2 (a resumed run) gives exactly epoch 2 of a full stream."""
+    root, _ = data
+    steps = 3
+
+    def stream(first_epoch):
+        return pipeline.train_dataset(
+            root, "train", RANDOM, 2, seed=5, first_epoch=first_epoch, steps_per_epoch=steps
+        )
+
+    full = take(stream(0), 3 * steps)
+    resumed = take(stream(2), steps)
+    for (x1, y1), (x2, y2) in zip(full[2 * steps :], resumed, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    # ... and epochs differ from each other (new order, new crops).
+    assert not np.array_equal(full[0][0], full[steps][0])
+    assert not np.array_equal(full[steps][0], full[2 * steps][0])
+
+
 def test_resize_pad_mode_pads_labels_with_ignore(data):
     root, _ = data
     cfg = replace(RANDOM, augment="resize_pad", flip=False)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kfcn.callbacks import HistoryCSV, StopOnNonFinite
+from kfcn.callbacks import StopOnNonFinite
+from kfcn.checkpoint import commit_epoch, reconcile
 from kfcn.cli import main
 from kfcn.config import load_config
 from kfcn.errors import KfcnError
@@ -210,14 +211,56 @@ def test_nan_guard_stops_and_reports():
     assert guard.bad_at == (3, 5) and model.stop_training
 
 
-def test_history_rows_are_keyed_by_epoch(tmp_path):
-    history = HistoryCSV(tmp_path / "history.csv")
-    history.on_epoch_end(0, {"loss": 2.0})
-    history.on_epoch_end(1, {"loss": 1.5})
-    history.on_epoch_end(1, {"loss": 1.4, "val_mean_iou": 0.3})  # epoch 2 replayed after resume
+def test_commits_are_keyed_by_epoch_and_publish_history_and_best(tmp_path):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    saved = []
+
+    def save_best(path):
+        saved.append(path.name)
+        path.write_bytes(b"model")
+
+    commit_epoch(tmp_path, model, 1, {"loss": 2.0, "val_mean_iou": 0.1}, 0.1, save_best)
+    commit_epoch(tmp_path, model, 2, {"loss": 1.5, "val_mean_iou": 0.0}, None, save_best)
+    # Epoch 2 replayed after a resume from epoch 1: its row is replaced, not duplicated.
+    state = commit_epoch(tmp_path, model, 2, {"loss": 1.4, "val_mean_iou": 0.3}, 0.3, save_best)
     rows = _history(tmp_path / "history.csv")
     assert [(r["epoch"], r["loss"]) for r in rows] == [("1", "2"), ("2", "1.4")]
     assert rows[1]["val_mean_iou"] == "0.3"
+    assert state["best"] == {"file": "best-epoch-0002.keras", "epoch": 2, "val_mean_iou": 0.3}
+    assert saved == ["best-epoch-0001.keras", "best-epoch-0002.keras"]
+    # best.keras is the committed best model; older epochs' files are gone.
+    assert (tmp_path / "best.keras").read_bytes() == b"model"
+    assert (tmp_path / "best.keras").samefile(tmp_path / "checkpoint" / "best-epoch-0002.keras")
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == [
+        "best-epoch-0002.keras",
+        "epoch-0002.weights.h5",
+        "state.json",
+    ]
+
+
+def test_reconcile_restores_the_committed_epoch(tmp_path):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    commit_epoch(tmp_path, model, 1, {"loss": 2.0}, 0.5, lambda p: p.write_bytes(b"best 1"))
+    # A kill after the commit of epoch 1 but while epoch 2 was being written and published:
+    (tmp_path / "checkpoint" / ".epoch-0002.weights.h5.x.weights.h5").write_bytes(b"partial")
+    (tmp_path / "checkpoint" / "best-epoch-0002.keras").write_bytes(b"not committed")
+    (tmp_path / "best.keras").unlink()
+    (tmp_path / "history.csv").write_text("epoch,loss\n1,2\n2,1\n")
+    (tmp_path / ".history.csv.abc.tmp").write_text("partial")
+    state = reconcile(tmp_path)
+    assert state["epoch"] == 1
+    assert [r["epoch"] for r in _history(tmp_path / "history.csv")] == ["1"]
+    assert (tmp_path / "best.keras").read_bytes() == b"best 1"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["best.keras", "checkpoint", "history.csv", "best-epoch-0001.keras"]
+        + ["epoch-0001.weights.h5", "state.json"]
+    )
+    # Broken state: a clear error naming the file.
+    (tmp_path / "checkpoint" / "epoch-0001.weights.h5").unlink()
+    with pytest.raises(KfcnError, match="epoch-0001.weights.h5, which is missing"):
+        reconcile(tmp_path)
 
 
 def test_nonfinite_loss_raises_and_keeps_checkpoint(data_dir, tmp_path):

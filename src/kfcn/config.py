@@ -82,6 +82,9 @@ class TrainConfig:
     seed: int = _opt(0, "seed for shuffling, augmentation and initialisation", min=0)
     validate: bool = _opt(True, "evaluate on the val split after every epoch")
     val_images: int | None = _opt(None, "val images per validation; null = all", min=1)
+    deterministic: bool = _opt(
+        True, "deterministic ops, so a resumed run equals an uninterrupted one (GPU: slower)"
+    )
 
 
 @dataclass

@@ -1,4 +1,17 @@
-"""Resolve a MODEL argument: a `.keras` model file, or a run directory written by `kfcn train`."""
+"""The run-directory layout, and resolving a MODEL argument to a `.keras` file.
+
+`kfcn train` writes one folder per stage under a run directory:
+
+    RUN_DIR/STAGE/
+        config.yaml     the resolved config
+        history.csv     one row per finished epoch (train and val metrics)
+        logs/           TensorBoard
+        checkpoint/     state.json + the last finished epoch's weights (resume; removed at the end)
+        best.keras      the model with the best val mean IoU (when validating)
+        final.keras     the model after the last epoch; its presence marks the stage finished
+
+This module owns those names; train, evaluate and predict import them from here.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +19,18 @@ from pathlib import Path
 
 from kfcn.config import STAGES
 from kfcn.errors import ModelError
+
+FINAL_MODEL = "final.keras"
+BEST_MODEL = "best.keras"
+HISTORY_FILE = "history.csv"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoint"
+LOGS_DIR = "logs"
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """The folder of one stage of a run."""
+    return Path(run_dir) / stage
 
 
 def resolve_model(model: str | Path) -> Path:
@@ -22,10 +47,6 @@ def resolve_model(model: str | Path) -> Path:
     Raises:
         ModelError: the path does not exist, or a directory holds no finished stage.
     """
-    # train.py owns the run layout; importing it here (not at the top) avoids an import cycle,
-    # since train imports evaluate, which imports this module.
-    from kfcn.train import FINAL_MODEL
-
     path = Path(model)
     if path.is_file():
         return path
@@ -50,8 +71,6 @@ def finished_stages(run_dir: str | Path) -> list[Path]:
     Returns:
         `RUN_DIR/STAGE/final.keras` for each stage where it exists; empty when there is none.
     """
-    from kfcn.train import FINAL_MODEL  # see resolve_model
-
     return [
         Path(run_dir) / stage / FINAL_MODEL
         for stage in STAGES

@@ -1,13 +1,10 @@
 """`kfcn train`: one FCN stage on streamed TFRecords, resumable, on one device or many machines.
 
-Output of a stage, in `RUN_DIR/STAGE/`:
-
-    config.yaml     the resolved config
-    history.csv     one row per finished epoch (train and val metrics)
-    logs/           TensorBoard
-    checkpoint/     model + optimizer state of the last finished epoch (resume; removed at the end)
-    best.keras      the model with the best val mean IoU (when validating)
-    final.keras     the model after the last epoch; its presence marks the stage finished
+The output layout of a stage (`RUN_DIR/STAGE/`) is described in `kfcn.runs`; its resume state in
+`kfcn.checkpoint`. A run killed at any moment and started again with the same command continues
+from the last committed epoch and ends with the weights and history of an uninterrupted run:
+epoch k's data and dropout are keyed by (train.seed, k), and ops are deterministic
+(`train.deterministic`).
 """
 
 from __future__ import annotations
@@ -24,15 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfcn import __version__
-from kfcn.callbacks import (
-    HistoryCSV,
-    ResumeCheckpoint,
-    SaveBest,
-    StopOnNonFinite,
-    Validation,
-    read_resume_state,
-)
+from kfcn import __version__, checkpoint
+from kfcn.callbacks import EpochCommit, KeyedDropoutSeeds, StopOnNonFinite, Validation
 from kfcn.config import STAGES, Config, save_config
 from kfcn.data import pipeline, records
 from kfcn.errors import ConfigError, KfcnError
@@ -42,10 +32,9 @@ from kfcn.losses import MaskedSparseCrossEntropy
 from kfcn.metrics import MeanIoU, PixelAccuracy
 from kfcn.models import apply_freeze, build_fcn, make_info, save_model, transfer_weights
 from kfcn.palette import VOC_CLASSES, voc_colormap
+from kfcn.runs import CONFIG_FILE, FINAL_MODEL, LOGS_DIR
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-FINAL_MODEL = "final.keras"
-BEST_MODEL = "best.keras"
 
 
 @dataclass
@@ -216,7 +205,8 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     """Train one stage and return the path of its final model (already there: returned as is).
 
     Raises:
-        KfcnError: bad options, missing data or previous stage, or a non-finite loss.
+        KfcnError: bad options, missing data or previous stage, unreadable resume state, or a
+            non-finite loss.
     """
     if opts.stage not in STAGES:
         raise ConfigError(f"--stage {opts.stage!r}: expected one of {', '.join(STAGES)}")
@@ -228,16 +218,22 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     records.list_shards(opts.data_dir, "train")  # fail early, naming the data dir
     names, palette = dataset_classes(opts.data_dir, cfg)
     source = init_source(opts, cfg)
-    if opts.overwrite and stage_dir.exists():
-        shutil.rmtree(stage_dir)
 
     # Release the graphs and variables of earlier stages run in this process (~2 GB each).
     keras.backend.clear_session()
     gc.collect()
     precision = _set_precision(opts.mixed_precision)
     keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(opts.strategy)
     chief = is_chief(strategy)
+    state = None
+    if chief:  # only the chief deletes or writes shared outputs
+        if opts.overwrite and stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        state = checkpoint.reconcile(stage_dir)
+    state = agree_on_resume_state(strategy, chief, stage_dir, state)
     global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
     counts = {s: _split_count(opts.data_dir, s) for s in ("train", "val")}
     steps = cfg.train.steps_per_epoch or counts["train"] // global_batch
@@ -261,18 +257,23 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
         size = cfg.data.crop_size
         build_for_fit(model, (size, size, 3), (size, size))
     echo(_summary(opts, cfg, strategy, source, model, counts, global_batch, steps, precision))
+    first_epoch = 0
+    if state is not None:
+        weights = checkpoint.checkpoint_dir(stage_dir) / state["weights"]
+        model.load_weights(weights)
+        first_epoch = state["epoch"]
+        if chief:
+            echo(f"resuming from epoch {first_epoch} ({weights})")
 
-    out_dir = stage_dir if chief else stage_dir / f".worker-{strategy.cluster_resolver.task_id}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     if chief:
-        save_config(cfg, stage_dir / "config.yaml")
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, stage_dir / CONFIG_FILE)
     info = {**make_info(opts.stage, cfg, names, palette), "init": str(source)}
 
     def save(model_, path: Path, epoch: int) -> None:
-        if chief:
-            save_model(model_, path, {**info, "epoch": epoch})
+        save_model(model_, path, {**info, "epoch": epoch})
 
-    callbacks = _callbacks(cfg, opts, out_dir, chief, counts, save, echo)
+    callbacks = _callbacks(cfg, opts, stage_dir, chief, counts, state, save)
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.train_dataset(
             opts.data_dir,
@@ -281,11 +282,14 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
             cfg.train.batch_size,
             cfg.train.seed,
             input_context=ctx,
+            first_epoch=first_epoch,
+            steps_per_epoch=steps,
         )
     )
     model.fit(
         train_ds,
         epochs=cfg.train.epochs,
+        initial_epoch=first_epoch,
         steps_per_epoch=steps,
         shuffle=False,  # the pipeline shuffles
         callbacks=callbacks,
@@ -293,43 +297,99 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     )
     nan_guard = next(c for c in callbacks if isinstance(c, StopOnNonFinite))
     if nan_guard.bad_at is not None:
-        state = read_resume_state(out_dir / "checkpoint")
+        state = checkpoint.read_state(stage_dir) if chief else None
         kept = f"epoch {state['epoch']}" if state else "none yet"
         raise KfcnError(
             f"the loss became NaN/Inf at epoch {nan_guard.bad_at[0]}, step {nan_guard.bad_at[1]}; "
-            f"training stopped; last good checkpoint: {kept} in {out_dir / 'checkpoint'}. "
-            "Lower train.learning_rate or check the data."
+            f"training stopped; last good checkpoint: {kept} in "
+            f"{checkpoint.checkpoint_dir(stage_dir)}. Lower train.learning_rate or check the data."
         )
-    save(model, final, cfg.train.epochs)
-    # final.keras supersedes the resume state (~3x the model's size with Adam's moments).
-    shutil.rmtree(out_dir / "checkpoint" if chief else out_dir, ignore_errors=True)
     if chief:
+        save(model, final, cfg.train.epochs)
+        # final.keras supersedes the resume state (~3x the model's size with Adam's moments);
+        # best.keras is a hard link, so it survives.
+        shutil.rmtree(checkpoint.checkpoint_dir(stage_dir), ignore_errors=True)
         echo(f"stage {opts.stage} finished: {final}")
     return final
 
 
-def _callbacks(cfg, opts, out_dir: Path, chief: bool, counts: dict, save, echo) -> list:
-    state = read_resume_state(out_dir / "checkpoint") or {}
-    callbacks: list[keras.callbacks.Callback] = [StopOnNonFinite()]
+def agree_on_resume_state(
+    strategy, chief: bool, stage_dir: Path, state: dict | None
+) -> dict | None:
+    """Make every worker of a multi-worker run resume from the chief's committed epoch.
+
+    The chief's epoch is broadcast; the other workers then read the chief's checkpoint from the
+    shared run directory, and every worker learns whether all of them could. Also a barrier: no
+    worker reads the stage folder before the chief has cleaned it. Outside multi-worker runs,
+    `state` is returned as is.
+
+    Raises:
+        KfcnError: on every worker, when a worker cannot read the chief's checkpoint.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return state
+    epoch = _sum_over_workers(strategy, state["epoch"] if chief and state else 0, chief)
+    problem = None
+    if not chief:
+        try:
+            state = checkpoint.read_state(stage_dir) if epoch else None
+        except KfcnError as exc:
+            problem = str(exc)
+        found = state["epoch"] if state else 0
+        if problem is None and found != epoch:
+            problem = (
+                f"the chief resumes from epoch {epoch}, but this worker finds epoch {found} in "
+                f"{checkpoint.checkpoint_dir(stage_dir)}; every worker needs the same --run-dir "
+                "on a shared file system"
+            )
+    failures = _sum_over_workers(strategy, int(problem is not None), True)
+    if problem is not None:
+        raise KfcnError(f"worker {strategy.cluster_resolver.task_id}: {problem}")
+    if failures:
+        raise KfcnError(
+            f"{failures} worker(s) could not read the chief's checkpoint in "
+            f"{checkpoint.checkpoint_dir(stage_dir)}; see their messages"
+        )
+    return state
+
+
+def _sum_over_workers(strategy, value: int, contribute: bool) -> int:
+    """All-reduce `value` from the first replica of each contributing worker (a collective)."""
+
+    @tf.function
+    def step():
+        context = tf.distribute.get_replica_context()
+        first_local = tf.equal(context.replica_id_in_sync_group % _local_replicas(strategy), 0)
+        mine = tf.where(first_local, tf.constant(value if contribute else 0, tf.int64), 0)
+        return context.all_reduce("SUM", mine)
+
+    result = strategy.experimental_local_results(strategy.run(step))[0]
+    return int(result.numpy())
+
+
+def _local_replicas(strategy) -> int:
+    return len(strategy.extended.worker_devices)
+
+
+def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, save) -> list:
+    """Nan guard, keyed dropout, then on the chief: validation, the epoch commit, TensorBoard."""
+    callbacks: list[keras.callbacks.Callback] = [
+        StopOnNonFinite(),
+        KeyedDropoutSeeds(cfg.train.seed),
+    ]
+    if not chief:  # workers only train; the chief validates once and writes everything
+        return callbacks
     validation = None
     if cfg.train.validate and counts["val"] > 0:
+        best = (state or {}).get("best") or {}
         validation = Validation(
             lambda m: score_split(
                 m, opts.data_dir, "val", cfg.model.num_classes, max_images=cfg.train.val_images
             ),
-            best=state.get("best_val_mean_iou", -1.0),
+            best=best.get("val_mean_iou", -1.0),
         )
         callbacks.append(validation)
-
-    def extra_state() -> dict:
-        return {"best_val_mean_iou": validation.best} if validation else {}
-
-    callbacks.append(
-        ResumeCheckpoint(out_dir / "checkpoint", extra_state, echo=echo if chief else None)
-    )
-    if validation is not None:
-        callbacks.append(SaveBest(validation, lambda m, e: save(m, out_dir / BEST_MODEL, e)))
-    callbacks.append(HistoryCSV(out_dir / "history.csv", write=chief))
-    if chief and tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False))
+    callbacks.append(EpochCommit(stage_dir, validation, save))
+    if tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(str(stage_dir / LOGS_DIR), write_graph=False))
     return callbacks

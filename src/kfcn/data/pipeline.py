@@ -1,10 +1,11 @@
 """tf.data input pipelines: prepared shards -> decoded, augmented, batched tensors.
 
-Training order (TF Model Garden's): shard files -> per-worker file sharding -> parallel
-interleaved reads -> shuffle of serialized records -> repeat -> decode -> augment ->
-batch(drop_remainder) -> prefetch. Everything after the file list is TensorFlow ops (no Python per
-example), and every random choice is a stateless op seeded from (seed, input pipeline, example
-counter), so one seed gives the same batches on every run.
+Training order (TF Model Garden's), built anew for every epoch: shard files -> per-worker file
+sharding -> parallel interleaved reads -> shuffle of serialized records -> decode -> augment ->
+batch(drop_remainder); then the epochs are chained and prefetched. Everything after the file list
+is TensorFlow ops (no Python per example), and every random choice is seeded from (seed, input
+pipeline, epoch, position in the epoch), so one seed gives the same batches on every run, and a
+resumed run the same batches as an uninterrupted one.
 
 Evaluation reads the records in order, one full-resolution example at a time.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from kfcn.config import DataConfig
@@ -56,8 +58,14 @@ def train_dataset(
     input_context: tf.distribute.InputContext | None = None,
     shuffle: bool = True,
     repeat: bool = True,
+    first_epoch: int = 0,
+    steps_per_epoch: int | None = None,
 ) -> tf.data.Dataset:
-    """Augmented training batches from the shards of `split`.
+    """Augmented training batches from the shards of `split`, epoch after epoch.
+
+    Randomness is keyed, not carried: epoch k's file order, record shuffle and every
+    augmentation draw derive from (`seed`, input pipeline, k, position in the epoch) only. So a
+    run resumed at epoch k (`first_epoch=k`) gets exactly the batches the uninterrupted run got.
 
     With an `input_context` (from `tf.distribute.Strategy.distribute_datasets_from_function`)
     this pipeline reads only its share of the shard files (by record when there are fewer files
@@ -75,7 +83,10 @@ def train_dataset(
         seed: seed of the shuffles and of every augmentation draw.
         input_context: the distribution input context, if any.
         shuffle: shuffle files and records (off: record order, still augmented).
-        repeat: repeat forever (for `steps_per_epoch`); off: one pass.
+        repeat: one epoch after another, forever; off: the single epoch `first_epoch`.
+        first_epoch: the (0-based) epoch the stream starts at.
+        steps_per_epoch: batches per epoch (records are cycled within the epoch to fill them);
+            None: one pass over this pipeline's records, the last partial batch dropped.
 
     Returns:
         Dataset of (images (B, S, S, 3) float32 in 0-255, labels (B, S, S) int32) with
@@ -95,33 +106,59 @@ def train_dataset(
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
     # Each pipeline reads its own files; with fewer files than pipelines, its own records.
     by_file = len(shards) >= pipelines
-    files = tf.data.Dataset.from_tensor_slices([str(p) for p in shards])
-    if by_file:
-        files = files.shard(pipelines, pipeline_id)
-    if shuffle:
-        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
-    ds = files.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(shards), MAX_PARALLEL_FILES),
-        block_length=1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    if not by_file:
-        ds = ds.shard(pipelines, pipeline_id)
-    if shuffle:
-        ds = ds.shuffle(data_cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    # A running example counter (across epochs) keys each example's augmentation draws.
-    base_seed = tf.constant([seed, pipeline_id], dtype=tf.int64)
-    ds = ds.enumerate()
-    ds = ds.map(
-        lambda i, s: (i, records.decode_example(s)), num_parallel_calls=AUTOTUNE, deterministic=True
-    )
-    ds = ds.map(_augment_fn(data_cfg, base_seed), num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    own = shards[pipeline_id::pipelines] if by_file else shards
+    own_files = tf.constant([str(p) for p in own])
+    pipeline_key = tf.constant([seed, pipeline_id], dtype=tf.int64)
+
+    # Shuffles are stateless ops keyed by the epoch (tf.data's shuffle takes no per-epoch key).
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        key = tf.random.experimental.stateless_fold_in(pipeline_key, epoch)  # (2,) int64
+        file_seed, record_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(key, 3)
+        )  # (2,) each
+        files = own_files
+        if shuffle:
+            files = tf.random.experimental.stateless_shuffle(files, seed=file_seed)
+        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(own), MAX_PARALLEL_FILES),
+            block_length=1,
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+        if not by_file:
+            ds = ds.shard(pipelines, pipeline_id)
+        if shuffle:
+            ds = _block_shuffle(ds, data_cfg.shuffle_buffer, record_seed)
+        if steps_per_epoch is not None:
+            ds = ds.repeat().take(steps_per_epoch * batch_size)
+        # The position within the epoch keys each example's augmentation draws.
+        ds = ds.enumerate()
+        ds = ds.map(
+            lambda i, s: (i, records.decode_example(s)),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+        ds = ds.map(
+            _augment_fn(data_cfg, augment_seed), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
+        return ds.batch(batch_size, drop_remainder=True)
+
+    last = np.iinfo(np.int64).max if repeat else first_epoch + 1
+    ds = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
     return ds.prefetch(AUTOTUNE)
+
+
+def _block_shuffle(ds: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """Shuffle within consecutive blocks of `block` records, each block keyed by (seed, index):
+    the mixing of a `block`-sized shuffle buffer, with no state carried between epochs."""
+    ds = ds.batch(block).enumerate()
+    ds = ds.map(
+        lambda i, chunk: tf.random.experimental.stateless_shuffle(
+            chunk, seed=tf.random.experimental.stateless_fold_in(seed, i)
+        )
+    )
+    return ds.unbatch()
 
 
 def eval_dataset(data_dir: str | Path, split: str) -> tf.data.Dataset:
