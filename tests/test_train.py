@@ -1,13 +1,13 @@
 """`kfcn train` on tiny synthetic shards: stages, resume after SIGKILL, multi-worker, errors."""
 
 import csv
+import filecmp
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -121,30 +121,67 @@ def _kfcn(*args, env=None, **kwargs):
     )
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume(data_dir, tmp_path):
-    run = tmp_path / "run"
-    sets = [a for s in TINY + ["train.epochs=3", "train.validate=false"] for a in ("--set", s)]
-    args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", run, *sets]
-    state = run / "fcn32" / "checkpoint" / "state.json"
-    proc = _kfcn(*args)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, (
-        "training finished before it could be killed:\n" + proc.stdout.read()
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(state.read_text())["epoch"]
-    assert not (run / "fcn32" / "final.keras").exists()
+REPO = Path(__file__).resolve().parents[1]
 
-    out, _ = _kfcn(*args).communicate(timeout=300)
-    assert f"resuming from epoch {killed_at}" in out, out
-    assert (run / "fcn32" / "final.keras").is_file(), out
-    assert [r["epoch"] for r in _history(run / "fcn32" / "history.csv")] == ["1", "2", "3"]
+
+def _driven(moment: str, epoch: int, *args) -> subprocess.CompletedProcess:
+    """`kfcn ARGS` through tests/kill_driver.py, killing itself at MOMENT of EPOCH."""
+    cmd = [sys.executable, "-m", "tests.kill_driver", moment, str(epoch), "--", *map(str, args)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _assert_consistent(stage: Path) -> int:
+    """Checkpoint, state.json, history.csv and best.keras describe the same epoch; returns it."""
+    state = json.loads((stage / "checkpoint" / "state.json").read_text())
+    epoch = state["epoch"]
+    assert (stage / "checkpoint" / state["weights"]).is_file()
+    assert [int(r["epoch"]) for r in _history(stage / "history.csv")] == list(range(1, epoch + 1))
+    best = stage / "checkpoint" / state["best"]["file"]
+    assert state["best"]["epoch"] == epoch  # every epoch improves under the driver
+    assert (stage / "best.keras").samefile(best) or filecmp.cmp(stage / "best.keras", best, False)
+    return epoch
+
+
+def _final_weights(path: Path) -> list[np.ndarray]:
+    model, _ = load_model(path)
+    return model.get_weights()
+
+
+@pytest.mark.slow
+def test_killed_at_any_moment_resumes_exactly(data_dir, tmp_path):
+    """Killed mid-epoch, during validation, while saving the checkpoint and while saving the best
+    model, a run ends with the history rows and final weights of an uninterrupted one."""
+    sets = [a for s in TINY + ["train.epochs=3", "train.val_images=2"] for a in ("--set", s)]
+
+    def args(run):
+        return ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", run, *sets]
+
+    reference = _driven("none", 0, *args(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    run, stage = tmp_path / "run", tmp_path / "run" / "fcn32"
+    for moment in ("mid-epoch", "validation", "checkpoint", "best"):
+        killed = _driven(moment, 2, *args(run))
+        assert killed.returncode == -signal.SIGKILL, (moment, killed.stdout + killed.stderr)
+        assert _assert_consistent(stage) == 1, moment
+        assert not (stage / "final.keras").exists()
+    resumed = _driven("none", 0, *args(run))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from epoch 1" in resumed.stdout
+
+    rows = _history(stage / "history.csv")
+    expected = _history(tmp_path / "reference" / "fcn32" / "history.csv")
+    assert [r.keys() for r in rows] == [r.keys() for r in expected]
+    for row, want in zip(rows, expected, strict=True):
+        for key in want:
+            assert float(row[key]) == pytest.approx(float(want[key]), rel=1e-4), key
+    for got, want in zip(
+        _final_weights(stage / "final.keras"),
+        _final_weights(tmp_path / "reference" / "fcn32" / "final.keras"),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert not (stage / "checkpoint").exists() and (stage / "best.keras").is_file()
 
 
 def _free_ports(n):

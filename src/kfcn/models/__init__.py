@@ -1,5 +1,9 @@
 """FCN models on VGG16: builders, ImageNet weight conversion, stage transfer, freezing, and files."""
 
+# The loss and metrics are imported for their registration: the .keras files kfcn writes carry
+# their compile settings, and must load wherever kfcn.models (or kfcn) was imported.
+from kfcn import losses as _losses  # noqa: F401
+from kfcn import metrics as _metrics  # noqa: F401
 from kfcn.models.fcn import (
     VARIANTS,
     BilinearUpsampling,
