@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kfcn.losses import MaskedSparseCrossEntropy, masked_sparse_ce
 from kfcn.palette import IGNORE_LABEL
+from tests.fresh_process import run_two_replicas
 
 
 def numpy_loss(labels: np.ndarray, logits: np.ndarray) -> float:
@@ -81,3 +82,10 @@ def test_loss_serializes():
     loss = MaskedSparseCrossEntropy(name="seg_loss")
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert isinstance(clone, MaskedSparseCrossEntropy) and clone.name == "seg_loss"
+
+
+def test_two_replicas_step_like_one_replica_with_the_same_global_batch():
+    """The loss is normalised by the valid pixels of the global batch, so a replica holding mostly
+    ignored crops does not weigh as much as a full one (a fresh process: tests/two_replicas.py)."""
+    result = run_two_replicas("loss-gradients")
+    assert result.returncode == 0 and "loss-gradients: ok" in result.stdout, result.stderr[-3000:]

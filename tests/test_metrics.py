@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from kfcn import metrics
-from kfcn.losses import MaskedSparseCrossEntropy, masked_sparse_ce
 from kfcn.palette import IGNORE_LABEL
+from tests.fresh_process import run_two_replicas
 
 # 4 classes: 0 and 1 in the labels, 2 only predicted, 3 nowhere; the two 255 pixels would add
 # predictions of 2 and 3 if they were counted.
@@ -95,34 +95,10 @@ def test_streaming_metrics_serialize():
         assert clone.num_classes == 7 and clone.name == metric.name
 
 
-def test_fit_under_mirrored_strategy_resets_metrics_each_epoch():
-    """Weights stay fixed (lr 0), so each epoch's logs can be recomputed in numpy."""
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(8, 6, 6, 3)).astype(np.float32)
-    y = rng.integers(0, 4, (8, 6, 6)).astype(np.int32)
-    y[:, 0] = IGNORE_LABEL
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 1)])
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.0),
-            loss=MaskedSparseCrossEntropy(),
-            metrics=[metrics.PixelAccuracy(4), metrics.MeanIoU(4)],
-            jit_compile=True,
-        )
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
-    # Epoch 1 sees batches 0-1 (images 0-3), epoch 2 batches 2-3 (images 4-7).
-    history = model.fit(ds, epochs=2, steps_per_epoch=2, shuffle=False, verbose=0).history
-    logits = model.predict(x, verbose=0)
-    for epoch, part in enumerate((slice(0, 4), slice(4, 8))):
-        expected = metrics.scores(metrics.confusion_matrix(y[part], logits[part].argmax(-1), 4))
-        assert history["mean_iou"][epoch] == pytest.approx(expected["mean_iou"], rel=1e-5)
-        assert history["pixel_accuracy"][epoch] == pytest.approx(
-            expected["pixel_accuracy"], rel=1e-5
-        )
-        starts = range(part.start, part.stop, 2)
-        batch_losses = [float(masked_sparse_ce(y[i : i + 2], logits[i : i + 2])) for i in starts]
-        assert history["loss"][epoch] == pytest.approx(np.mean(batch_losses), rel=1e-5)
+def test_fit_under_two_replicas_resets_metrics_each_epoch():
+    """MirroredStrategy on two logical CPUs (a fresh process): see tests/two_replicas.py."""
+    result = run_two_replicas("metrics")
+    assert result.returncode == 0 and "metrics: ok" in result.stdout, result.stderr[-3000:]
 
 
 def test_background_baseline_scores_an_all_background_prediction():
