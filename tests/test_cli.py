@@ -2,12 +2,39 @@ from click.testing import CliRunner
 
 from kfcn.cli import main
 
+COMMANDS = {
+    "prepare": ("--sbd-dir", "--voc-dir", "--out"),
+    "synthesize": ("--out", "--toy"),
+    "train": ("--stage", "--data-dir", "--run-dir", "--set", "--strategy", "--overwrite"),
+    "evaluate": ("--split", "--data-dir", "--model", "--tta"),
+    "predict": ("--model", "--out", "--overlay"),
+    "export": ("--model", "--format", "--out"),
+}
 
-def test_help_lists_every_command():
+
+def test_help_lists_every_command_with_its_summary():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for name in ("prepare", "train", "evaluate", "predict"):
-        assert name in result.output
+    section = result.output.split("Commands:")[1]
+    listed = [
+        line.split()[0] for line in section.splitlines() if line.startswith("  ") and line[2] != " "
+    ]
+    assert sorted(listed) == sorted(COMMANDS)
+    flat = " ".join(section.split())
+    for name in COMMANDS:
+        summary = main.get_command(None, name).get_short_help_str(limit=200)
+        assert f"{name} {summary}" in flat, name
+
+
+def test_each_command_has_its_own_help():
+    for name, options in COMMANDS.items():
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert result.output.startswith(f"Usage: main {name} ") or result.output.startswith(
+            f"Usage: kfcn {name} "
+        ), result.output[:80]
+        for option in options:
+            assert option in result.output, (name, option)
 
 
 def test_version():

@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner
 
 from kfcn.callbacks import StopOnNonFinite
@@ -194,21 +196,85 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_train_together(data_dir, tmp_path):
+def _two_workers(*args):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    sets = [a for s in TINY + ["train.validate=false"] for a in ("--set", s)]
     procs = []
     for i in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path]
-        procs.append(_kfcn(*args, "--strategy", "multiworker", *sets, env={"TF_CONFIG": tf_config}))
+        procs.append(_kfcn(*args, "--strategy", "multiworker", env={"TF_CONFIG": tf_config}))
+    return procs
+
+
+@pytest.mark.slow
+def test_two_workers_resume_together_and_overwrite(data_dir, tmp_path):
+    """Two workers on 127.0.0.1, validation on: killed both mid-run, restarted, they finish with
+    one history row per epoch; only the chief writes; --overwrite with both starts afresh."""
+    stage = tmp_path / "fcn32"
+    sets = [a for s in TINY + ["train.epochs=2"] for a in ("--set", s)]
+    args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path, *sets]
+    procs = _two_workers(*args)
+    state = stage / "checkpoint" / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), "\n----\n".join(p.stdout.read() for p in procs)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert _assert_consistent(stage) == 1
+    # The chief alone writes: no per-worker folders or checkpoints.
+    assert sorted(p.name for p in stage.iterdir()) == sorted(
+        ["best.keras", "checkpoint", "config.yaml", "history.csv"]
+        + (["logs"] if (stage / "logs").exists() else [])
+    )
+
+    procs = _two_workers(*args)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(outs)
-    assert "2 replica(s)" in outs[0] and "4 global" in outs[0], outs[0]
-    assert (tmp_path / "fcn32" / "final.keras").is_file()
-    assert [r["epoch"] for r in _history(tmp_path / "fcn32" / "history.csv")] == ["1"]
+    assert "resuming from epoch 1" in outs[0] and "2 replica(s)" in outs[0], outs[0]
+    rows = _history(stage / "history.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(np.isfinite(float(r["val_mean_iou"])) for r in rows)
+    assert (stage / "final.keras").is_file() and not (stage / "checkpoint").exists()
+
+    before = (stage / "final.keras").stat().st_mtime_ns
+    one_epoch = [*args, "--set", "train.epochs=1", "--overwrite"]
+    procs = _two_workers(*one_epoch)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(outs)
+    assert [r["epoch"] for r in _history(stage / "history.csv")] == ["1"]
+    assert (stage / "final.keras").stat().st_mtime_ns > before
+
+
+def test_worker_that_cannot_see_the_chiefs_checkpoint_fails_clearly(tmp_path):
+    """A worker whose --run-dir does not hold the chief's checkpoint stops with a clear message."""
+
+    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
+        cluster_resolver = type("Resolver", (), {"task_id": 1})()
+
+        def __init__(self):  # no cluster: the collectives are stubbed below
+            pass
+
+    calls = []
+
+    def fake_sum(strategy, value, contribute):
+        calls.append((value, contribute))
+        return 3 if len(calls) == 1 else 1  # the chief resumes from epoch 3; one worker fails
+
+    import kfcn.train as train
+
+    original = train._sum_over_workers
+    train._sum_over_workers = fake_sum
+    try:
+        strategy = Strategy()
+        with pytest.raises(KfcnError, match="worker 1: the chief resumes from epoch 3, but this"):
+            train.agree_on_resume_state(strategy, False, tmp_path / "fcn32", None)
+        assert calls == [(0, False), (1, True)]
+    finally:
+        train._sum_over_workers = original
 
 
 def test_error_no_shards(tmp_path):
