@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 from click.testing import CliRunner
 
 from kfcn.cli import main
@@ -41,3 +45,22 @@ def test_version():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert "kfcn" in result.output
+
+
+def test_import_kfcn_stays_light_and_registers_with_keras():
+    """`import kfcn` loads no TensorFlow, yet importing Keras afterwards registers kfcn's loss,
+    metrics and layers (what `keras.models.load_model` needs for kfcn's files)."""
+    code = (
+        "import sys, kfcn\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "import keras\n"
+        "for name in ('MaskedSparseCrossEntropy', 'MeanIoU', 'PixelAccuracy', 'VGGPreprocess',"
+        " 'BilinearUpsampling'):\n"
+        "    assert keras.saving.get_registered_object('kfcn>' + name) is not None, name\n"
+        "print('registered')\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "registered" in result.stdout, result.stderr[-3000:]

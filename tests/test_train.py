@@ -80,6 +80,29 @@ def test_three_stages_chain(data_dir, tmp_path):
         np.testing.assert_array_equal(_kernel(fcn16, name), _kernel(fcn32, name))
     assert info["variant"] == "fcn16"
     assert info["config"]["train"]["learning_rate"] == 0.0
+    # Every model file a run writes loads as the README shows, in a fresh process.
+    _assert_loads_with_plain_keras(run / "fcn8" / "final.keras", run / "fcn8" / "best.keras")
+
+
+README_LOAD = """
+import kfcn
+import keras
+
+for path in {paths!r}:
+    model = keras.models.load_model(path, safe_mode=True)
+    assert type(model.loss).__name__ == "MaskedSparseCrossEntropy", model.loss
+    keras.models.load_model(path, safe_mode=True, compile=False)
+print("loaded")
+"""
+
+
+def _assert_loads_with_plain_keras(*paths: Path) -> None:
+    code = README_LOAD.format(paths=[str(p) for p in paths])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-3000:]
 
 
 def test_finished_stage_is_not_trained_again(data_dir, tmp_path):
