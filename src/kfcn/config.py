@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         value = float(value)
+        if not math.isfinite(value):  # YAML reads .nan and .inf; no key means them
+            raise bad("a finite number")
     elif base is str:
         if not isinstance(value, str):
             raise bad("a string")
