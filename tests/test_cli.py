@@ -68,3 +68,13 @@ def test_prepare_defaults_read_and_write_the_project_layout(tmp_path, monkeypatc
     result = CliRunner().invoke(main, ["prepare", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "elsewhere" / "meta.json").is_file()
+
+
+def test_prepare_names_the_missing_default_voc_dir(tmp_path, monkeypatch):
+    """SBD given, VOC left at its default, which is absent: the one line names --voc-dir."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sbd").mkdir()
+    result = CliRunner().invoke(main, ["prepare", "--sbd-dir", "sbd", "--out", "o"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("kfcn: error: data/VOCdevkit/VOC2012: no VOC 2012 dataset")
+    assert "pass --voc-dir DIR" in result.stderr
