@@ -42,9 +42,9 @@ def _echo_devices() -> None:
     """The devices line goes with the command's own header (stdout); a GPU warning to stderr."""
     from kfcn.devices import device_report
 
-    devices, *warnings = device_report()
+    devices, *alerts = device_report()
     click.echo(devices)
-    for line in warnings:
+    for line in alerts:
         click.echo(line, err=True)
 
 
