@@ -203,11 +203,16 @@ def _invalid(key: str, f: dataclasses.Field, base: type, optional: bool) -> st.S
         wrong.append(WORDS.filter(lambda s: not _yaml_number_or_bool(s)))
     if not optional:
         wrong.append(st.none())
-    if base in (int, float):
+    if base is int:
         if "min" in meta:
-            wrong.append(st.floats(-1e6, meta["min"], exclude_max=True).map(base))
+            wrong.append(st.integers(-(10**6), meta["min"] - 1))
         if "max" in meta:
-            wrong.append(st.floats(meta["max"], 1e6, exclude_min=True).map(lambda v: base(v) + 1))
+            wrong.append(st.integers(meta["max"] + 1, 10**6))
+    if base is float:
+        if "min" in meta:
+            wrong.append(st.floats(-1e6, meta["min"], exclude_max=True))
+        if "max" in meta:
+            wrong.append(st.floats(meta["max"], 1e6, exclude_min=True))
         if "multiple" in meta:
             wrong.append(st.integers(2, 50).map(lambda k: k * meta["multiple"] + 1))
     if base is float:
