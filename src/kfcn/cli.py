@@ -537,7 +537,8 @@ def evaluate(
     type=click.IntRange(min=32),
     default=2048,
     show_default=True,
-    help="A longer image is predicted shrunk to this long side; its mask is enlarged back.",
+    help="A longer image is predicted shrunk to this long side; its mask is enlarged back. "
+    "No --tta view is larger either.",
 )
 def predict(
     images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side
