@@ -2,7 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.kfcn-installed
+# GPU=1 (make install GPU=1): also install TensorFlow's CUDA libraries (the `gpu` extra), for
+# Linux machines with an NVIDIA GPU; without them TensorFlow sees no GPU and runs on the CPU.
+GPU    ?=
+comma  := ,
+EXTRAS := test$(if $(filter 1,$(GPU)),$(comma)gpu)
+STAMP  := $(VENV)/.kfcn-installed$(if $(filter 1,$(GPU)),-gpu)
 LINT   := src tests $(wildcard bench)
 
 .PHONY: install test lint format demo bench clean
@@ -12,7 +17,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: install

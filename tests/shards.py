@@ -48,12 +48,14 @@ def write_shards(
     num_classes: int = 21,
     seed: int = 0,
     per_shard: int = 4,
+    class_names: list[str] | None = None,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Write `n` synthetic examples of `split` as shards of `per_shard` records, plus meta.json.
 
     meta.json gets `counts`, `shards` and `id_files` entries for `split` (other splits already
     there are kept), `num_classes`, `class_names` and `ignore_label`, as `kfcn prepare` writes
-    them; `{split}.txt` lists the ids in record order.
+    them (`class_names`: default the VOC names for 21 classes, else `class_0`, `class_1`, ... as
+    `kfcn.models.make_info` names them); `{split}.txt` lists the ids in record order.
 
     Returns:
         (id, image, label) per record in record order; `image` is the JPEG as decoded (what the
@@ -84,9 +86,13 @@ def write_shards(
     meta.setdefault("id_files", {})[split] = f"{split}.txt"
     meta["ignore_label"] = IGNORE_LABEL
     meta["num_classes"] = num_classes
-    meta["class_names"] = [
-        VOC_CLASSES[c] if num_classes == len(VOC_CLASSES) else f"class{c}"
-        for c in range(num_classes)
-    ]
+    meta["class_names"] = (
+        list(class_names)
+        if class_names
+        else [
+            VOC_CLASSES[c] if num_classes == len(VOC_CLASSES) else f"class_{c}"
+            for c in range(num_classes)
+        ]
+    )
     meta_path.write_text(json.dumps(meta, indent=2))
     return samples

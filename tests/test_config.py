@@ -99,3 +99,10 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path) == cfg
     assert yaml.safe_load(dump_config(cfg))["train"]["epochs"] == 7
     assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("value", [100, 33, 500])
+def test_crop_size_must_be_a_multiple_of_32(value):
+    with pytest.raises(ConfigError, match=rf"data.crop_size = {value} .*a multiple of 32"):
+        load_config(None, [f"data.crop_size={value}"])
+    assert load_config(None, ["data.crop_size=96"]).data.crop_size == 96

@@ -2,6 +2,7 @@
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 from kfcn.cli import main
 from kfcn.data.records import decode_label, list_shards, parse_example
 from kfcn.errors import DataError, ModelError
-from kfcn.evaluate import confusion_over_split, evaluate_model
+from kfcn.evaluate import confusion_over_split, default_report_path, evaluate_model
 from kfcn.predict import predict_images
 from kfcn.runs import resolve_model
 
@@ -32,8 +33,9 @@ def tiny(tmp_path_factory):
 def data_dir(tmp_path_factory) -> Path:
     """A 4-class prepared directory: val (odd size, two shards) and a small train split."""
     root = tmp_path_factory.mktemp("data")
-    write_shards(root, "val", N_VAL, size=(45, 70), num_classes=4, seed=3, per_shard=4)
-    write_shards(root, "train", 2, size=(32, 32), num_classes=4, seed=4)
+    names = CLASS_NAMES
+    write_shards(root, "val", N_VAL, (45, 70), 4, seed=3, per_shard=4, class_names=names)
+    write_shards(root, "train", 2, size=(32, 32), num_classes=4, seed=4, class_names=names)
     return root
 
 
@@ -147,9 +149,72 @@ def test_cli_run_dir_takes_the_latest_stage_and_reports_beside_it(tiny, data_dir
     args = ["evaluate", "--data-dir", str(data_dir), "--model", str(run), "--max-images", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "fcn16" / "final-eval-val.json").read_text())
+    # The report's name says that only the first image was scored.
+    report = json.loads((run / "fcn16" / "final-eval-val-first1.json").read_text())
     assert report["model"] == str(run / "fcn16" / "final.keras")
-    assert (run / "fcn16" / "final-eval-val.png").is_file()
+    assert report["num_images"] == 1 and report["max_images"] == 1
+    assert (run / "fcn16" / "final-eval-val-first1.png").is_file()
+    # Another setting writes another report, and leaves the first one alone.
+    result = CliRunner().invoke(main, [*args[:-1], "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "fcn16" / "final-eval-val-first2.json").read_text())["num_images"] == 2
+    assert json.loads((run / "fcn16" / "final-eval-val-first1.json").read_text()) == report
+
+
+def test_default_report_names_differ_by_setting(tmp_path):
+    model = tmp_path / "fcn8" / "final.keras"
+    tta = {"flip": True, "scales": [0.75, 1.0, 1.25]}
+    names = {
+        "plain": default_report_path(model, "val"),
+        "train": default_report_path(model, "train"),
+        "first2": default_report_path(model, "val", max_images=2),
+        "tta": default_report_path(model, "val", tta=tta),
+        "tta-scales": default_report_path(model, "val", tta={"flip": True, "scales": [1, 1.5]}),
+        "tta-noflip": default_report_path(model, "val", tta={**tta, "flip": False}),
+        "ensemble": default_report_path(model, "val", models=[model, tmp_path / "a.keras"]),
+        "ensemble-b": default_report_path(model, "val", models=[model, tmp_path / "b.keras"]),
+        "one-model": default_report_path(model, "val", models=[model]),
+    }
+    assert names["plain"] == names["one-model"] == model.with_name("final-eval-val.json")
+    assert names["first2"].name == "final-eval-val-first2.json"
+    assert names["tta"].name == "final-eval-val-tta.json"
+    assert names["tta-scales"].name == "final-eval-val-tta-s1_1.5.json"
+    assert names["tta-noflip"].name == "final-eval-val-tta-noflip.json"
+    assert names["ensemble"].name.startswith("final-eval-val-ensemble2-")
+    del names["one-model"]
+    assert len(set(names.values())) == len(names)  # every setting has its own file
+
+
+def _info_only(path: Path, class_names: list[str]) -> Path:
+    """A .keras-named archive holding only kfcn's metadata: the class checks run before any
+    weights load, so this suffices for them."""
+    info = {"variant": "fcn8", "class_names": class_names, "palette": [[0, 0, 0]] * 3}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.json", json.dumps({"kfcn": {**info, "config": {}}}))
+    return path
+
+
+def test_class_order_must_match_the_data(tmp_path):
+    """Same count, other order: scoring would swap the classes, so it is refused."""
+    model = _info_only(tmp_path / "m.keras", ["background", "disc", "box"])
+    data = tmp_path / "data"
+    write_shards(data, "val", 1, num_classes=3, class_names=["background", "box", "disc"])
+    with pytest.raises(DataError) as caught:
+        evaluate_model(model, data, "val")
+    message = str(caught.value)
+    assert "['background', 'box', 'disc']" in message
+    assert "['background', 'disc', 'box']" in message
+    result = CliRunner().invoke(main, ["evaluate", "--data-dir", str(data), "--model", str(model)])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ensemble_members_must_share_the_class_order(tmp_path):
+    a = _info_only(tmp_path / "a.keras", ["background", "disc", "box"])
+    b = _info_only(tmp_path / "b.keras", ["background", "box", "disc"])
+    data = tmp_path / "data"
+    write_shards(data, "val", 1, num_classes=3, class_names=["background", "disc", "box"])
+    with pytest.raises(ModelError, match=r"\['background', 'box', 'disc'\] differ .*'disc', 'box'"):
+        evaluate_model([a, b], data, "val")
 
 
 def test_resolve_model(tmp_path):
@@ -189,6 +254,11 @@ def test_cli_unfinished_run_dir_and_missing_model(data_dir, tmp_path):
 def test_class_count_must_match_the_data(tiny, tmp_path):
     path, _, _ = tiny
     write_shards(tmp_path, "val", 1, num_classes=21)
+    with pytest.raises(DataError, match=r"the data's classes \['background', 'aeroplane'"):
+        evaluate_model(path, tmp_path, "val")
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    del meta["class_names"]  # data prepared before class names were stored
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="the data has 21 classes but the model .* predicts 4"):
         evaluate_model(path, tmp_path, "val")
 

@@ -373,8 +373,6 @@ def test_rerun_keeps_finished_shards_and_a_changed_class_list_rewrites_them(toy,
         (["--voc-dir", "v", "--classes", "c.yaml"], "cannot be mixed"),
         (["--images", "i"], "missing --masks"),
         (["--classes", "c.yaml"], "missing --images and --masks"),
-        ([], "missing --sbd-dir and --voc-dir"),
-        (["--sbd-dir", "s"], "missing --voc-dir"),
         (
             ["--images", "i", "--masks", "m", "--val-list", "v", "--val-fraction", "0.2"],
             "--val-fraction and --val-list cannot be used together",

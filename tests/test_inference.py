@@ -215,3 +215,43 @@ def test_predict_cli_tta_and_ensemble(tiny, tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "out" / "a.png")), expected)
     bad = runner.invoke(main, [*args, "--out", str(tmp_path / "o2"), "--tta", "--tta-scales", "x"])
     assert bad.exit_code == 1 and "--tta-scales" in bad.output
+
+
+def test_tta_views_stay_within_max_side(monkeypatch):
+    """An image already shrunk to --max-side must not be predicted larger at scale 1.25."""
+    import types
+
+    from kfcn import inference
+
+    seen = []
+
+    def record(model, view):  # stands in for the model: notes each view's size
+        seen.append(tuple(view.shape[:2]))
+        return np.zeros((*view.shape[:2], 2), np.float32)
+
+    monkeypatch.setattr(inference, "predict_logits", record)
+    model = types.SimpleNamespace(output=types.SimpleNamespace(shape=(None, None, None, 2)))
+    image = _image(100, 80)  # long side == max_side, as predict leaves a shrunk image
+    predictor = Predictor([model], TTA(flip=True, max_side=100))
+    assert predictor.probabilities(image).shape == (100, 80, 2)
+    assert seen and max(max(size) for size in seen) <= 100
+    assert (75, 60) in seen and (100, 80) in seen  # the other scales keep their sizes
+    assert TTA(max_side=100).view_sizes(40, 30) == [(30, 22), (40, 30), (50, 38)]
+
+
+def test_predict_cli_bounds_tta_by_max_side(tmp_path, monkeypatch):
+    import types
+
+    import kfcn.predict
+
+    captured = {}
+
+    def fake_predict_images(*args, **kwargs):
+        captured.update(kwargs)
+        return types.SimpleNamespace(written=[], failures=[], num_inputs=1)
+
+    monkeypatch.setattr(kfcn.predict, "predict_images", fake_predict_images)
+    args = ["predict", "a.jpg", "--model", "m.keras", "--tta", "--max-side", "64"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert captured["tta"].max_side == 64 and captured["max_side"] == 64

@@ -404,3 +404,21 @@ def test_cli_prepare_help_explains_the_schemes():
     assert result.exit_code == 0
     for text in ("first 1,200 ids of SBD val.txt", "train_aug", "label from SBD", "label from VOC"):
         assert text in result.output
+
+
+def test_a_reader_process_crash_names_the_sample_that_caused_it():
+    """A sample that kills its worker is reported by its own files (not the oldest pending
+    batch) and as an ordinary bad sample, so --skip-bad can skip it; the others load."""
+    from kfcn.data.prepare import _Loader
+    from kfcn.data.sources import Sample
+
+    from .crashing_reader import CRASH_ID, load_or_die
+
+    samples = [Sample(f"s{i}", "sbd", f"img/s{i}.jpg", f"cls/s{i}.mat") for i in range(20)]
+    with _Loader(2, load_or_die) as loader:
+        results = dict((sample.id, loaded) for sample, loaded in loader.load(samples))
+    assert list(results) == [s.id for s in samples]
+    bad = results.pop(CRASH_ID)
+    assert isinstance(bad, DataError)
+    assert f"img/{CRASH_ID}.jpg" in str(bad) and f"cls/{CRASH_ID}.mat" in str(bad)
+    assert results == {name: name.upper() for name in results}

@@ -12,6 +12,42 @@ import click
 from kfcn import __version__
 from kfcn.errors import KfcnError
 
+# The project layout (README, "Getting the data"): where each command looks when not told.
+SBD_DIR = "data/benchmark_RELEASE/dataset"
+VOC_DIR = "data/VOCdevkit/VOC2012"
+DATA_DIR = "data/records"
+RUN_DIR = "runs/voc"
+PREDICTIONS_DIR = "predictions"
+
+
+def _default_run_dir() -> tuple[str, ...]:
+    return (os.environ.get("KFCN_RUN_DIR") or RUN_DIR,)
+
+
+def _check_default(param: str, flag: str, what: str) -> None:
+    """A path option left at its default must exist: otherwise one line saying what was looked
+    for, where, and which flag (or variable) gives another place."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source(param) is not ParameterSource.DEFAULT:
+        return
+    value = ctx.params[param]
+    path = Path(value[0] if isinstance(value, tuple) else value)
+    if not path.exists():
+        raise KfcnError(f"{path}: no {what} here (the default); pass {flag} to look elsewhere")
+
+
+def _echo_devices() -> None:
+    """The devices line goes with the command's own header (stdout); a GPU warning to stderr."""
+    from kfcn.devices import device_report
+
+    devices, *alerts = device_report()
+    click.echo(devices)
+    for line in alerts:
+        click.echo(line, err=True)
+
+
 CONFIG_OPTION = click.option(
     "--config",
     "config_path",
@@ -31,8 +67,9 @@ SET_OPTION = click.option(
 MODELS_OPTION = click.option(
     "--model",
     "models",
-    required=True,
     multiple=True,
+    default=_default_run_dir,
+    show_default=f"the latest finished stage of $KFCN_RUN_DIR, else {RUN_DIR}",
     help="A .keras file, or a run directory (its latest finished stage: fcn8, fcn16, fcn32). "
     "Repeat for an ensemble (probabilities averaged).",
 )
@@ -73,24 +110,38 @@ class KfcnGroup(click.Group):
 
 @click.group(cls=KfcnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kfcn")
-def main() -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    envvar="KFCN_VERBOSE",
+    help="Also show TensorFlow's own log messages (hidden by default). Env: KFCN_VERBOSE=1.",
+)
+def main(verbose: bool) -> None:
     """kfcn: train and run fully convolutional networks (FCN-32s/16s/8s) for semantic
     segmentation on Pascal VOC.
 
     Typical pipeline: prepare -> train --stage fcn32 -> fcn16 -> fcn8 -> evaluate -> predict.
+    Run from the project folder, every command finds the README's layout by default: data/
+    (downloads, records), runs/voc, predictions/.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kfcn.devices import quiet_tensorflow
+
+    quiet_tensorflow(verbose)  # before any command imports TensorFlow
 
 
 @main.command(short_help="Write sharded TFRecords from SBD + VOC 2012 or your own folder.")
 @click.option(
     "--sbd-dir",
     type=click.Path(path_type=Path),
+    default=SBD_DIR,
+    show_default=True,
     help="SBD's benchmark_RELEASE/dataset (img/*.jpg, cls/*.mat, train.txt, val.txt).",
 )
 @click.option(
     "--voc-dir",
     type=click.Path(path_type=Path),
+    default=VOC_DIR,
+    show_default=True,
     help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ImageSets/Segmentation).",
 )
 @click.option(
@@ -141,7 +192,14 @@ def main() -> None:
     help="Own data: seed of the val draw.",
 )
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output directory."
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=DATA_DIR,
+    show_default=True,
+    envvar="KFCN_DATA_DIR",
+    show_envvar=True,
+    help="Output directory.",
 )
 @click.option(
     "--workers",
@@ -210,16 +268,18 @@ def prepare(
         raise click.UsageError(
             f"{', '.join(voc)} (SBD + VOC) and {', '.join(own)} (own data) cannot be mixed"
         )
-    missing = [
-        f
-        for f in (("--images", "--masks") if own else ("--sbd-dir", "--voc-dir"))
-        if f not in voc + own
-    ]
+    missing = [f for f in ("--images", "--masks") if own and f not in own]
     if missing:
         raise click.UsageError(
             f"missing {' and '.join(missing)}: give --sbd-dir and --voc-dir "
             "(SBD + VOC 2012) or --images and --masks (your own data)"
         )
+    if not own:
+        hint = "(or --images and --masks for your own data)"
+        _check_default(
+            "sbd_dir", f"--sbd-dir DIR {hint}", "SBD dataset (benchmark_RELEASE/dataset)"
+        )
+        _check_default("voc_dir", f"--voc-dir DIR {hint}", "VOC 2012 dataset (VOCdevkit/VOC2012)")
     if {"val_fraction", "val_list"} <= given:
         raise click.UsageError("--val-fraction and --val-list cannot be used together")
     from kfcn.data.prepare import prepare_dataset, prepare_folder_dataset
@@ -338,14 +398,20 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
 )
 @click.option(
     "--data-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    default=DATA_DIR,
+    show_default=True,
+    envvar="KFCN_DATA_DIR",
+    show_envvar=True,
     help="Directory written by `kfcn prepare` (train-*.tfrecord, val-*.tfrecord).",
 )
 @click.option(
     "--run-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    default=RUN_DIR,
+    show_default=True,
+    envvar="KFCN_RUN_DIR",
+    show_envvar=True,
     help="Run directory; the stage writes RUN_DIR/STAGE/.",
 )
 @CONFIG_OPTION
@@ -390,6 +456,8 @@ def train(
     from kfcn.train import TrainOptions, train_stage
 
     cfg = load_config(config_path, overrides)
+    _check_default("data_dir", "--data-dir DIR (or set KFCN_DATA_DIR)", "prepared records")
+    _echo_devices()
     opts = TrainOptions(stage, data_dir, run_dir, init, strategy, mixed_precision, jit, overwrite)
     train_stage(cfg, opts, echo=click.echo)
 
@@ -398,8 +466,11 @@ def train(
 @click.option("--split", default="val", show_default=True, help="Any split in --data-dir.")
 @click.option(
     "--data-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    default=DATA_DIR,
+    show_default=True,
+    envvar="KFCN_DATA_DIR",
+    show_envvar=True,
     help="Directory written by `kfcn prepare`.",
 )
 @MODELS_OPTION
@@ -411,7 +482,8 @@ def train(
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Report file (.json); the confusion matrix picture goes beside it (.png). "
-    "[default: beside the model, MODEL_STEM-eval-SPLIT.json]",
+    "[default: beside the model, MODEL_STEM-eval-SPLIT.json, with -firstN, -tta..., "
+    "-ensembleK-HASH added for --max-images, --tta, ensembles]",
 )
 @BATCH_SIZE_OPTION
 @click.option(
@@ -427,17 +499,20 @@ def evaluate(
     them as JSON with the confusion matrix, and a picture of the row-normalised matrix.
     The table and the JSON name the model(s) and the TTA setting that produced the numbers.
     """
-    from kfcn.evaluate import default_report_path, evaluate_model, format_table, write_report
+    from kfcn.evaluate import evaluate_model, format_table, report_path_of, write_report
     from kfcn.inference import TTA, parse_scales
 
     if out is not None and out.suffix.lower() != ".json":
         raise click.BadParameter(f"{out}: expected a .json file name", param_hint="--out")
     setting = TTA(scales=parse_scales(tta_scales)) if tta else None
+    _check_default("data_dir", "--data-dir DIR (or set KFCN_DATA_DIR)", "prepared records")
+    _check_default("models", "--model MODEL (or set KFCN_RUN_DIR)", "run directory")
+    _echo_devices()
     report = evaluate_model(
         models, data_dir, split, batch_size, max_images, True, ensemble=ensemble, tta=setting
     )
     click.echo(format_table(report))
-    json_path, png_path = write_report(report, out or default_report_path(report["model"], split))
+    json_path, png_path = write_report(report, out or report_path_of(report))
     click.echo(f"wrote {json_path} and {png_path}")
 
 
@@ -450,8 +525,9 @@ def evaluate(
 @click.option(
     "--out",
     "out_dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
+    default=PREDICTIONS_DIR,
+    show_default=True,
     help="Output folder (created when missing).",
 )
 @click.option("--overlay", is_flag=True, help="Also write NAME_overlay.jpg with a legend.")
@@ -461,7 +537,8 @@ def evaluate(
     type=click.IntRange(min=32),
     default=2048,
     show_default=True,
-    help="A longer image is predicted shrunk to this long side; its mask is enlarged back.",
+    help="A longer image is predicted shrunk to this long side; its mask is enlarged back. "
+    "No --tta view is larger either.",
 )
 def predict(
     images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side
@@ -479,7 +556,10 @@ def predict(
     from kfcn.inference import TTA, parse_scales
     from kfcn.predict import predict_images
 
-    setting = TTA(scales=parse_scales(tta_scales)) if tta else None
+    # No TTA view is larger than --max-side, the bound on memory.
+    setting = TTA(scales=parse_scales(tta_scales), max_side=max_side) if tta else None
+    _check_default("models", "--model MODEL (or set KFCN_RUN_DIR)", "run directory")
+    _echo_devices()
     result = predict_images(
         models,
         images,

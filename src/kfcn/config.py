@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ def _opt(default: Any = None, help: str = "", **limits: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    crop_size: int = _opt(512, "side of the square training crop, pixels", min=32)
+    # The networks downsample by 32: a crop side that is no multiple of 32 breaks the skip sums.
+    crop_size: int = _opt(
+        512, "side of the square training crop, pixels (a multiple of 32)", min=32, multiple=32
+    )
     augment: str = _opt(
         "random",
         "'random' = scale + crop + flip; 'resize_pad' = resize with pad to crop_size",
@@ -143,6 +147,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         value = float(value)
+        if not math.isfinite(value):  # YAML reads .nan and .inf; no key means them
+            raise bad("a finite number")
     elif base is str:
         if not isinstance(value, str):
             raise bad("a string")
@@ -154,6 +160,11 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         raise bad(f"a value >= {meta['min']}")
     if "max" in meta and value > meta["max"]:
         raise bad(f"a value <= {meta['max']}")
+    if "multiple" in meta and value % meta["multiple"]:
+        step = meta["multiple"]
+        lower, upper = value - value % step, value - value % step + step
+        near = f"{lower} or {upper}" if lower >= meta.get("min", step) else f"{upper}"
+        raise bad(f"a multiple of {step}, e.g. {near}")
     return value
 
 

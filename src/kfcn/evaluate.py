@@ -10,6 +10,7 @@ row-normalised confusion matrix beside it (same stem, `.png`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from kfcn import metrics
 from kfcn.data import pipeline, records
 from kfcn.errors import DataError
 from kfcn.images import encode_image, write_atomic
-from kfcn.inference import TTA, Predictor, load_predictor, model_paths
+from kfcn.inference import DEFAULT_SCALES, TTA, Predictor, load_predictor, model_paths
 from kfcn.metrics import ConfusionMatrix
 from kfcn.models import model_info
 from kfcn.padding import batches_by_padded_size
@@ -109,12 +110,12 @@ def evaluate_model(
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
         DataError: `split` is absent (the message lists the splits present), or the data's
-            class count differs from the model's.
+            class names (or, for data without names, its class count) differ from the model's.
     """
     paths = model_paths(model, ensemble)
     class_names = model_info(paths[0])["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
-    _check_classes(data_dir, paths[0], len(class_names))
+    _check_classes(data_dir, paths[0], class_names)
     predictor, _, _ = load_predictor(paths, tta=tta)
     cm, count = confusion_over_split(
         predictor, data_dir, split, len(class_names), max_images, progress, batch_size
@@ -124,17 +125,29 @@ def evaluate_model(
     )
     report["models"] = [str(p) for p in paths]
     report["tta"] = tta.as_dict() if tta else None
+    report["max_images"] = max_images
     return report
 
 
-def _check_classes(data_dir, model_path: Path, num_classes: int) -> None:
+def _check_classes(data_dir, model_path: Path, class_names: list[str]) -> None:
+    """The data's classes must be the model's, by name and in order, not only by count: the same
+    names in another order would silently swap the classes in the scores."""
     meta = records.read_meta(data_dir)
-    data_classes = meta.get("num_classes", len(meta.get("class_names") or []) or None)
-    if data_classes is not None and int(data_classes) != num_classes:
+    where = Path(data_dir) / records.META_FILE
+    data_names = meta.get("class_names")
+    if data_names:
+        if list(data_names) != list(class_names):
+            raise DataError(
+                f"{where}: the data's classes {list(data_names)} differ from the classes "
+                f"{list(class_names)} of the model {model_path}; evaluate it on data prepared "
+                "with its class list (same names, same order)"
+            )
+        return
+    data_classes = meta.get("num_classes")
+    if data_classes is not None and int(data_classes) != len(class_names):
         raise DataError(
-            f"{Path(data_dir) / records.META_FILE}: the data has {data_classes} classes but "
-            f"the model {model_path} predicts {num_classes}; evaluate it on data prepared "
-            "for its classes"
+            f"{where}: the data has {data_classes} classes but the model {model_path} predicts "
+            f"{len(class_names)}; evaluate it on data prepared for its classes"
         )
 
 
@@ -202,10 +215,57 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def default_report_path(model_path: str | Path, split: str) -> Path:
-    """Where a report goes without --out: beside the model, e.g. fcn8/final-eval-val.json."""
+def default_report_path(
+    model_path: str | Path,
+    split: str,
+    *,
+    max_images: int | None = None,
+    tta: dict | None = None,
+    models: Sequence[str | Path] = (),
+) -> Path:
+    """Where a report goes without --out: beside the (first) model, named after every setting
+    that changes the numbers, so runs with different settings never overwrite each other.
+
+    `MODEL_STEM-eval-SPLIT[-firstN][-tta[-noflip][-sS1_S2..]][-ensembleK-HASH].json`, e.g.
+    `fcn8/final-eval-val.json` (all images, no TTA, one model), `final-eval-val-first2.json`
+    (`--max-images 2`), `final-eval-val-tta.json` (`--tta` with its default flip and scales),
+    `final-eval-val-ensemble3-1a2b3c.json` (3 models; HASH tells apart ensembles of other
+    files).
+
+    Args:
+        model_path: the model file (for an ensemble, the first member).
+        split: the split scored.
+        max_images: `--max-images`, or None for the whole split.
+        tta: the `TTA.as_dict()` setting, or None.
+        models: every member of an ensemble (one or none: a single model).
+    """
     model_path = Path(model_path)
-    return model_path.with_name(f"{model_path.stem}-eval-{split}.json")
+    parts = [f"{model_path.stem}-eval-{split}"]
+    if max_images is not None:
+        parts.append(f"first{max_images}")
+    if tta is not None:
+        parts.append("tta")
+        if not tta.get("flip", True):
+            parts.append("noflip")
+        scales = tuple(float(s) for s in tta.get("scales", DEFAULT_SCALES))
+        if scales != DEFAULT_SCALES:
+            parts.append("s" + "_".join(f"{s:g}" for s in scales))
+    if len(models) > 1:
+        members = "\n".join(str(Path(m).resolve()) for m in models)
+        digest = hashlib.sha1(members.encode()).hexdigest()[:6]
+        parts.append(f"ensemble{len(models)}-{digest}")
+    return model_path.with_name("-".join(parts) + ".json")
+
+
+def report_path_of(report: dict) -> Path:
+    """`default_report_path` of a report made by `evaluate_model`."""
+    return default_report_path(
+        report["model"],
+        report["split"],
+        max_images=report.get("max_images"),
+        tta=report.get("tta"),
+        models=report.get("models") or (),
+    )
 
 
 def write_report(report: dict, path: str | Path) -> tuple[Path, Path]:

@@ -36,10 +36,33 @@ class TTA:
     """Also predict each view mirrored left-right (and mirror the result back)."""
     scales: tuple[float, ...] = DEFAULT_SCALES
     """Image scales; each view is resized by this factor (bilinear) before padding."""
+    max_side: int | None = None
+    """No view is larger than this long side: a scale that would exceed it is lowered to reach it
+    exactly (`kfcn predict --max-side`, the bound on memory). None = no bound."""
 
     def as_dict(self) -> dict:
-        """JSON-ready: {"flip": bool, "scales": [floats]}."""
-        return {"flip": self.flip, "scales": [float(s) for s in self.scales]}
+        """JSON-ready: {"flip": bool, "scales": [floats]}, and "max_side" when bounded."""
+        out = {"flip": self.flip, "scales": [float(s) for s in self.scales]}
+        if self.max_side is not None:
+            out["max_side"] = int(self.max_side)
+        return out
+
+    def view_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """The distinct (h', w') of the views of an (h, w) image, in scale order.
+
+        A view is (round(h * s), round(w * s)); where its long side would exceed `max_side`,
+        the largest size of the image's aspect ratio within `max_side` is used instead.
+        """
+        sizes: list[tuple[int, int]] = []
+        for scale in self.scales:
+            if self.max_side is not None and max(h, w) * scale > self.max_side:
+                scale = min(scale, self.max_side / max(h, w))
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            if self.max_side is not None and max(size) > self.max_side:
+                size = (min(size[0], self.max_side), min(size[1], self.max_side))
+            if size not in sizes:
+                sizes.append(size)
+        return sizes
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -85,11 +108,12 @@ class Predictor:
         """One model, no TTA: classes come straight from the logits."""
         return len(self.models) == 1 and self.tta is None
 
-    def _views(self) -> list[tuple[float, bool]]:
+    def _views(self, h: int, w: int) -> list[tuple[tuple[int, int], bool]]:
+        """(size, flip) of every view of an (h, w) image."""
         if self.tta is None:
-            return [(1.0, False)]
+            return [((h, w), False)]
         flips = (False, True) if self.tta.flip else (False,)
-        return [(scale, flip) for scale in self.tta.scales for flip in flips]
+        return [(size, flip) for size in self.tta.view_sizes(h, w) for flip in flips]
 
     def probabilities(self, image) -> np.ndarray:
         """Average class probabilities of every model on every view of one image.
@@ -103,9 +127,8 @@ class Predictor:
         image = tf.cast(tf.convert_to_tensor(image), tf.float32)  # (H, W, 3)
         h, w = int(image.shape[0]), int(image.shape[1])
         total = np.zeros((h, w, self.num_classes), np.float64)
-        views = self._views()
-        for scale, flip in views:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        views = self._views(h, w)
+        for size, flip in views:
             view = image if size == (h, w) else tf.image.resize(image, size, method="bilinear")
             if flip:
                 view = view[:, ::-1]

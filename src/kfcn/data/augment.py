@@ -112,8 +112,11 @@ def random_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf
 def resize_pad(image: tf.Tensor, label: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Fit the image into size x size keeping its aspect ratio, as `tf.image.resize_with_pad`.
 
-    The image is exactly `tf.image.resize_with_pad(image, size, size)` (bilinear, padded with 0).
-    The label gets the same scale and offsets, resized NEAREST and padded with IGNORE_LABEL.
+    The geometry is that of `tf.image.resize_with_pad(image, size, size)` (bilinear, centred),
+    but the padding is the ImageNet mean colour, 0 after the model's centring, as in
+    `kfcn.padding` at inference: padding with 0 would show the network borders of about -120
+    that it never sees when predicting. The label gets the same scale and offsets, resized
+    NEAREST and padded with IGNORE_LABEL.
 
     Args:
         image: (H, W, 3) image.
@@ -123,7 +126,11 @@ def resize_pad(image: tf.Tensor, label: tf.Tensor, size: int) -> tuple[tf.Tensor
     Returns:
         The float32 image (size, size, 3) and the label (size, size).
     """
-    image = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, method="bilinear")
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)  # (3,)
+    # Bilinear resizing is linear, so resizing the centred image and adding the mean back gives
+    # the resized image inside and exactly the mean in the padding.
+    centred = tf.cast(image, tf.float32) - mean  # (H, W, 3)
+    image = tf.image.resize_with_pad(centred, size, size, method="bilinear") + mean
     # resize_with_pad fills with 0, a real class: shift labels up by one so that 0 marks the
     # padding alone, then map it to IGNORE_LABEL and shift back.
     shifted = tf.cast(label, tf.int32)[..., None] + 1  # (H, W, 1)

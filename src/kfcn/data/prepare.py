@@ -78,20 +78,27 @@ class _Loader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def _start_pool(self, workers: int) -> concurrent.futures.ProcessPoolExecutor:
+        # 'spawn' keeps TensorFlow (imported here) out of the workers; workers ignore SIGINT so
+        # that Ctrl-C reaches only this process, which then cancels the pool cleanly.
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN),
+        )
+
     def load(self, samples: Sequence[Sample]) -> Iterator[tuple[Sample, LoadedSample | DataError]]:
-        """Yield (sample, LoadedSample or the DataError it raised), in the order of `samples`."""
+        """Yield (sample, LoadedSample or the DataError it raised), in the order of `samples`.
+
+        A sample that kills its reader process (a damaged file crashing a decoder) becomes a
+        DataError naming its files, like any other bad sample, so `skip_bad` can skip it.
+        """
         if self.workers <= 1:
             for sample in samples:
                 yield sample, self.load_batch([sample])[0]
             return
         if self._pool is None:
-            # 'spawn' keeps TensorFlow (imported here) out of the workers; workers ignore SIGINT so
-            # that Ctrl-C reaches only this process, which then cancels the pool cleanly.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN),
-            )
+            self._pool = self._start_pool(self.workers)
         batches = (samples[i : i + _BATCH] for i in range(0, len(samples), _BATCH))
         pending: collections.deque = collections.deque()
         for batch in batches:
@@ -106,12 +113,38 @@ class _Loader:
             try:
                 loaded = future.result()
             except concurrent.futures.process.BrokenProcessPool:
-                ids = ", ".join(sample.id for sample in batch)
-                raise DataError(
-                    f"a reader process crashed on one of the samples {ids} (a damaged file?); "
-                    "check their image and label files"
-                ) from None
+                # A dead worker breaks the whole pool and every pending batch with it, and the
+                # batch that reports it first need not hold the culprit: read this batch one
+                # sample at a time to find it, then resubmit the rest to a fresh pool.
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                loaded = self._load_alone(batch)
+                self._pool = self._start_pool(self.workers)
+                pending = collections.deque(
+                    (b, self._pool.submit(self.load_batch, b)) for b, _ in pending
+                )
             yield from zip(batch, loaded, strict=True)
+
+    def _load_alone(self, batch: Sequence[Sample]) -> list[LoadedSample | DataError]:
+        """Read each sample of `batch` by itself in a one-worker pool; one that kills the worker
+        becomes a DataError naming its files."""
+        out: list[LoadedSample | DataError] = []
+        pool = self._start_pool(1)
+        try:
+            for sample in batch:
+                try:
+                    out.append(pool.submit(self.load_batch, [sample]).result()[0])
+                except concurrent.futures.process.BrokenProcessPool:
+                    out.append(
+                        DataError(
+                            f"{sample.image_path} / {sample.label_path}: reading sample "
+                            f"{sample.id} killed the reader process (a damaged file?)"
+                        )
+                    )
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = self._start_pool(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
 
 
 def _sha256(path: Path) -> str:
