@@ -35,7 +35,7 @@ OTHERS = ("resnet50", "mobilenetv2")
 SCORES = ("score_fr", "score_pool4", "score_pool3")
 FACTORIES = {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2}
 
-# pytest.ini filterwarnings: tf.lite.Interpreter is deprecated in favour of ai_edge_litert.
+# tf.lite.Interpreter is deprecated in favour of ai_edge_litert, which kfcn does not depend on.
 # Keras warns about its own `_operations_by_depth` bookkeeping when it loads application weights.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning"),
@@ -293,14 +293,14 @@ def test_train_resume_evaluate_predict_export(backbone, tmp_path, monkeypatch):
         [run / "fcn16" / "final.keras", run / "fcn8" / "final.keras"],
         data,
         "val",
-        tta=TTA(flip=True, scales=(0.75, 1.0)),
+        tta=TTA(flip=True, scales=(1.0,)),  # other scales: test_inference.py (each is a retrace)
     )
     assert both["models"][1].endswith("fcn8/final.keras") and both["tta"]["flip"]
     assert 0 <= both["mean_iou"] <= 1
 
     photo = tmp_path / "photo.png"
     Image.fromarray(_images(1, 45, 70, seed=3)[0].astype(np.uint8)).save(photo)
-    result = predict_images(run, [photo], tmp_path / "masks", ensemble=True, tta=TTA())
+    result = predict_images(run, [photo], tmp_path / "masks", tta=TTA(flip=True, scales=(1.0,)))
     assert not result.failures and result.num_inputs == 1
     mask = np.array(Image.open(tmp_path / "masks" / "photo.png"))
     assert mask.shape == (45, 70) and mask.max() < 21
@@ -318,6 +318,8 @@ def test_train_resume_evaluate_predict_export(backbone, tmp_path, monkeypatch):
     out = serve(image=tf.constant(image))
     np.testing.assert_array_equal(out["mask"].numpy(), want)
     np.testing.assert_allclose(out["probabilities"].numpy(), probs, atol=1e-4)
+    if backbone != "mobilenetv2":
+        return  # converting ResNet-50 to TFLite takes ~10 s on 2 cores: the edge backbone only
     export_model(random8, "tflite", tmp_path / "m.tflite", (45, 70))
     lite = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
     out = lite.get_signature_runner("serving_default")(image=image[None])
