@@ -99,7 +99,8 @@ def test_variants_strides_and_stage_transfer(backbone):
     _randomise_scores(models["fcn32"], seed=1)
     copied = transfer_weights(models["fcn32"], models["fcn16"])
     assert "score_fr" in copied and "head_conv" in copied and "score_pool4" not in copied
-    for name in ("score_fr", "head_conv", "head_bn", list(net.FEATURES.values())[0]):
+    first, last = backbone_layers(models["fcn32"])[0], backbone_layers(models["fcn32"])[-1]
+    for name in ("score_fr", "head_conv", "head_bn", first, last):
         for a, b in zip(
             models["fcn16"].get_layer(name).get_weights(),
             models["fcn32"].get_layer(name).get_weights(),
