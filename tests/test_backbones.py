@@ -91,7 +91,7 @@ def test_variants_strides_and_stage_transfer(backbone):
             assert not model.get_layer(name).get_weights()[0].any(), name  # zero-initialised
     # The decoders read the backbone's features at strides 8, 16 and 32.
     probe = keras.Model(
-        models["fcn8"].inputs, [models["fcn8"].get_layer(n).output for n in net.FEATURES.values()]
+        models["fcn8"].input, [models["fcn8"].get_layer(n).output for n in net.FEATURES.values()]
     )
     for stride, feature in zip(net.FEATURES, probe(x[:1]), strict=True):
         assert feature.shape[1:3] == (64 // stride, 96 // stride), stride
@@ -111,7 +111,7 @@ def test_variants_strides_and_stage_transfer(backbone):
     # The new skip starts out contributing nothing: fusing it changes no value.
     fcn8 = models["fcn8"]
     probe = keras.Model(
-        fcn8.inputs, [fcn8.get_layer(n).output for n in ("upscore_pool4", "fuse_pool3")]
+        fcn8.input, [fcn8.get_layer(n).output for n in ("upscore_pool4", "fuse_pool3")]
     )
     before, fused = probe(x)
     np.testing.assert_array_equal(fused.numpy(), before.numpy())
