@@ -185,6 +185,24 @@ def test_preprocessing_is_stored_in_the_model_file(backbone, tmp_path):
     assert loaded.get_layer("preprocess").compute_dtype == "float32"
 
 
+def test_bench_table_gives_speed_ups_over_vgg16():
+    from bench.backbone_bench import table
+
+    def row(backbone, params, median):
+        t = {"median": median, "min": median, "max": median}
+        return {
+            "backbone": backbone,
+            "variant": "fcn8",
+            "params": params,
+            "file_mb": 1.0,
+            "forward_s": t,
+        }
+
+    text = table({"size": 512, "rows": [row("vgg16", 10, 4.0), row("mobilenetv2", 2, 0.5)]})
+    assert "| vgg16 | fcn8 | 10 | 1.0 MB | 4.000 (4.000–4.000) | 1.0× |" in text
+    assert "| mobilenetv2 | fcn8 | 2 | 1.0 MB | 0.500 (0.500–0.500) | 8.0× |" in text
+
+
 # --- weights
 
 
