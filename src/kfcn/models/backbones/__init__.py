@@ -27,7 +27,8 @@ BACKBONES: dict[str, ModuleType] = {
     resnet50.NAME: resnet50,
     mobilenetv2.NAME: mobilenetv2,
 }
-assert tuple(BACKBONES) == BACKBONE_NAMES, "kfcn.config.BACKBONE_NAMES lists the backbones"
+if tuple(BACKBONES) != BACKBONE_NAMES:  # config.py validates model.backbone against that list
+    raise ImportError(f"kfcn.config.BACKBONE_NAMES must list {tuple(BACKBONES)}")
 
 
 def get_backbone(name: str) -> ModuleType:
