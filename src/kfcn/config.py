@@ -23,6 +23,7 @@ from kfcn.errors import ConfigError
 from kfcn.fileio import atomic_write
 
 STAGES = ("fcn32", "fcn16", "fcn8")
+BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2")  # the modules of kfcn.models.backbones
 
 
 def _opt(default: Any = None, help: str = "", **limits: Any) -> Any:
@@ -55,20 +56,21 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     num_classes: int = _opt(21, "number of classes, background included", min=2)
+    backbone: str = _opt("vgg16", "the network under the FCN", choices=BACKBONE_NAMES)
     backbone_weights: str = _opt(
-        "imagenet", "'imagenet', 'none' (random init) or a path to a Keras VGG16 weights file"
+        "imagenet", "'imagenet', 'none' (random init) or a path to a Keras weights file"
     )
-    dropout: float = _opt(0.5, "dropout rate after fc6 and fc7", min=0.0, max=0.99)
+    dropout: float = _opt(
+        0.5, "dropout rate after fc6 and fc7 (vgg16) or in the FCN head", min=0.0, max=0.99
+    )
     train_upsampling: bool = _opt(False, "learn the bilinear-initialised transposed convolutions")
     # The reference recipe trains the stages in turn and fine-tunes the backbone from the top down:
-    # FCN-32s keeps VGG16 blocks 1-4 fixed, FCN-16s releases block 4, FCN-8s trains everything.
+    # FCN-32s keeps the backbone up to stride 16 fixed (VGG16 blocks 1-4), FCN-16s releases the
+    # stride-16 part (block 4), FCN-8s trains everything. `backbone:strideN` names those layers
+    # on any backbone (kfcn.models.apply_freeze).
     freeze: dict = _opt(
-        {
-            "fcn32": ["block1_conv*", "block2_conv*", "block3_conv*", "block4_conv*"],
-            "fcn16": ["block1_conv*", "block2_conv*", "block3_conv*"],
-            "fcn8": [],
-        },
-        "per stage, layer-name patterns (fnmatch) whose weights stay fixed",
+        {"fcn32": ["backbone:stride16"], "fcn16": ["backbone:stride8"], "fcn8": []},
+        "per stage, layer-name patterns (fnmatch) or backbone[:strideN], whose weights stay fixed",
         keys=STAGES,
     )
 

@@ -145,6 +145,7 @@ def build_stage_model(opts: TrainOptions, cfg: Config, source) -> tuple[keras.Mo
     model = build_fcn(
         opts.stage,
         num_classes=cfg.model.num_classes,
+        backbone=cfg.model.backbone,
         backbone_weights=source if from_backbone else "none",
         weight_decay=cfg.train.weight_decay,
         dropout=cfg.model.dropout,

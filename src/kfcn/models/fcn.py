@@ -1,14 +1,16 @@
-"""FCN-32s, FCN-16s and FCN-8s on VGG16 (Shelhamer, Long & Darrell, 2016), stage transfer and
-freezing.
+"""FCN-32s, FCN-16s and FCN-8s (Shelhamer, Long & Darrell, 2016) on any backbone of
+`kfcn.models.backbones`, stage transfer and freezing.
 
-    images (B, H, W, 3) RGB 0-255 --VGG16--> block3_pool (H/8), block4_pool (H/16), block5_pool (H/32)
-    block5_pool -> fc6 -> fc7 -> score_fr                                   (B, H/32, W/32, C)
+    images (B, H, W, 3) RGB 0-255 --backbone--> features by stride: 8, 16, 32
+    stride 32 -> head (VGG16: fc6, fc7; others: fcn_head) -> score_fr       (B, H/32, W/32, C)
     fcn32: score_fr --upscore32 (x32)--------------------------------------> (B, H, W, C)
     fcn16: score_fr --upscore2 (x2)--> + score_pool4 = fuse_pool4 --upscore16 (x16)--> (B, H, W, C)
     fcn8:  fuse_pool4 --upscore_pool4 (x2)--> + score_pool3 = fuse_pool3 --upscore8 (x8)--> ...
 
-Layer names are stable so a trained stage initialises the next one by name (`transfer_weights`).
-H and W must be multiples of 32; `kfcn.padding` pads any image to that and crops the logits back.
+`score_pool4` scores the stride-16 features and `score_pool3` the stride-8 ones (VGG16's pool4 and
+pool3, whence the names). Layer names are stable so a trained stage initialises the next one by
+name (`transfer_weights`). H and W must be multiples of 32; `kfcn.padding` pads any image to that
+and crops the logits back.
 """
 
 from __future__ import annotations
@@ -20,12 +22,7 @@ import numpy as np
 
 from kfcn.config import STAGES, ModelConfig
 from kfcn.errors import ConfigError, ModelError
-from kfcn.models.vgg import (
-    fully_convolutional_head,
-    imagenet_backbone_weights,
-    set_backbone_weights,
-    vgg16_features,
-)
+from kfcn.models.backbones import backbone_of, get_backbone
 
 VARIANTS = STAGES  # ("fcn32", "fcn16", "fcn8")
 
@@ -113,6 +110,7 @@ def _check_args(variant, num_classes, weight_decay, dropout) -> None:
 def build_fcn(
     variant: str,
     num_classes: int = 21,
+    backbone: str = "vgg16",
     backbone_weights: str = "imagenet",
     weight_decay: float = 1e-5,
     dropout: float = 0.5,
@@ -123,11 +121,13 @@ def build_fcn(
     Args:
         variant: 'fcn32', 'fcn16' or 'fcn8'.
         num_classes: classes including background.
-        backbone_weights: 'imagenet' (VGG16 ImageNet weights, fc1/fc2 convolutionized into
-            fc6/fc7), 'none' (random initialisation) or the path of a Keras VGG16 weights file
-            with the classifier top.
+        backbone: 'vgg16', 'resnet50' or 'mobilenetv2' (`kfcn.models.backbones`).
+        backbone_weights: 'imagenet' (the backbone's ImageNet weights from `keras.applications`;
+            for VGG16 fc1/fc2 are convolutionized into fc6/fc7), 'none' (random initialisation)
+            or the path of a Keras weights file: VGG16 with the classifier top, ResNet-50 and
+            MobileNetV2 without it.
         weight_decay: L2 strength on every kernel (biases are not decayed).
-        dropout: rate of `drop6` and `drop7`.
+        dropout: rate of `drop6` and `drop7` (VGG16) or `head_drop` (the others).
         train_upsampling: learn the transposed convolutions; otherwise they stay fixed bilinear.
 
     Returns:
@@ -139,45 +139,47 @@ def build_fcn(
         ConfigError: a bad number of classes, weight decay or dropout rate.
     """
     _check_args(variant, num_classes, weight_decay, dropout)
+    net = get_backbone(backbone)
     if backbone_weights is None or not str(backbone_weights).strip():
         raise ConfigError(
             f"model.backbone_weights = {backbone_weights!r} is not allowed; expected 'imagenet', "
-            "'none' or a path to a Keras VGG16 weights file"
+            f"'none' or a path to {net.WEIGHTS_HELP}"
         )
-    # Read the weights first: a bad file then fails before the 0.5 GB model is built.
+    # Read the weights first: a bad file then fails before the model (0.5 GB for VGG16) is built.
     pretrained = None
     weights = str(backbone_weights).strip()
     if weights.lower() == "imagenet":
-        pretrained = imagenet_backbone_weights("imagenet")
+        pretrained = net.pretrained_weights("imagenet")
     elif weights.lower() != "none":
-        pretrained = imagenet_backbone_weights(weights)
+        pretrained = net.pretrained_weights(weights)
     c, wd, up = num_classes, weight_decay, train_upsampling
 
-    # --- backbone: VGG16 convolutions and convolutionized fc6/fc7
+    # --- backbone and its stride-32 head (VGG16: fc6/fc7; the others: fcn_head)
     images = keras.Input((None, None, 3), name="image")  # (B, H, W, 3) RGB 0-255
-    features = vgg16_features(images, wd)
-    fc7 = fully_convolutional_head(features["block5_pool"], wd, dropout)  # (B, H/32, W/32, 4096)
-    score_fr = _score(fc7, "score_fr", c, wd)  # (B, H/32, W/32, C)
+    features = net.features(images, wd)  # {8: (B, H/8, W/8, .), 16: ..., 32: ...}
+    top = net.head(features[32], wd, dropout)  # (B, H/32, W/32, channels)
+    score_fr = _score(top, "score_fr", c, wd)  # (B, H/32, W/32, C)
 
-    # --- decoder: skips from pool4 (fcn16, fcn8) and pool3 (fcn8)
+    # --- decoder: skips from stride 16 (fcn16, fcn8) and stride 8 (fcn8)
     if variant == "fcn32":
         x = _upsample(score_fr, 32, "upscore32", c, wd, up)  # (B, H, W, C)
     else:
         x = _upsample(score_fr, 2, "upscore2", c, wd, up)  # (B, H/16, W/16, C)
-        pool4 = _score(features["block4_pool"], "score_pool4", c, wd)
+        pool4 = _score(features[16], "score_pool4", c, wd)
         x = keras.layers.Add(name="fuse_pool4")([x, pool4])
         if variant == "fcn16":
             x = _upsample(x, 16, "upscore16", c, wd, up)  # (B, H, W, C)
         else:
             x = _upsample(x, 2, "upscore_pool4", c, wd, up)  # (B, H/8, W/8, C)
-            pool3 = _score(features["block3_pool"], "score_pool3", c, wd)
+            pool3 = _score(features[8], "score_pool3", c, wd)
             x = keras.layers.Add(name="fuse_pool3")([x, pool3])
             x = _upsample(x, 8, "upscore8", c, wd, up)  # (B, H, W, C)
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     model = keras.Model(images, logits, name=variant)
 
     if pretrained is not None:
-        set_backbone_weights(model, pretrained)
+        for name, values in pretrained.items():
+            model.get_layer(name).set_weights(values)
     return model
 
 
@@ -186,6 +188,7 @@ def build_fcn_from_config(variant: str, model_cfg: ModelConfig, weight_decay: fl
     return build_fcn(
         variant,
         num_classes=model_cfg.num_classes,
+        backbone=model_cfg.backbone,
         backbone_weights=model_cfg.backbone_weights,
         weight_decay=weight_decay,
         dropout=model_cfg.dropout,
@@ -222,6 +225,12 @@ def transfer_weights(source, target: keras.Model) -> list[str]:
 
         where = str(source)
         source, _ = load_model(source)
+    src_net, dst_net = backbone_of(source), backbone_of(target)
+    if src_net and dst_net and src_net != dst_net:
+        raise ModelError(
+            f"{where}: an FCN on {src_net} but the new model is on {dst_net}; "
+            "set model.backbone to match the earlier stage"
+        )
     src_c, dst_c = num_classes_of(source), num_classes_of(target)
     if src_c != dst_c:
         raise ModelError(
@@ -250,10 +259,53 @@ def transfer_weights(source, target: keras.Model) -> list[str]:
     return copied
 
 
-def apply_freeze(model: keras.Model, patterns) -> list[str]:
-    """Freeze (trainable=False) every layer whose name matches one of the fnmatch `patterns`.
+def backbone_layers(model: keras.Model, stride: int | None = None) -> list[str]:
+    """The names of the backbone layers with weights of an FCN up to its stride-`stride` features
+    (all of the backbone when None): every such layer those features are computed from.
 
-    Call it before `compile`: Keras fixes the set of trained weights when compiling.
+    Raises:
+        ConfigError: the model's backbone is unknown or has no features at that stride.
+    """
+    name = backbone_of(model)
+    if name is None:
+        raise ConfigError(f"model.freeze: cannot tell the backbone of {model.name}")
+    features = get_backbone(name).FEATURES
+    if stride is None:
+        stride = max(features)
+    if stride not in features:
+        raise ConfigError(
+            f"model.freeze: {name} has no stride-{stride} features; expected "
+            + ", ".join(f"backbone:stride{s}" for s in sorted(features))
+        )
+    end = model.get_layer(features[stride]).output
+    # A sub-model from the input to those features holds exactly the layers they depend on.
+    upstream = keras.Model(model.inputs, end)
+    inside = {layer.name for layer in upstream.layers if layer.weights}
+    return [layer.name for layer in model.layers if layer.name in inside]
+
+
+def _pattern_layers(model: keras.Model, pattern: str, names: list[str]) -> list[str]:
+    """The layer names a freeze pattern stands for: `backbone`, `backbone:strideN` or fnmatch."""
+    if pattern == "backbone":
+        return backbone_layers(model)
+    if pattern.startswith("backbone:"):
+        stride = pattern.split(":", 1)[1]
+        if not (stride.startswith("stride") and stride[6:].isdigit()):
+            raise ConfigError(
+                f"model.freeze: pattern {pattern!r} is not allowed; expected backbone, "
+                "backbone:strideN (N = 4, 8, 16 or 32) or layer-name patterns"
+            )
+        return backbone_layers(model, int(stride[6:]))
+    return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+
+
+def apply_freeze(model: keras.Model, patterns) -> list[str]:
+    """Freeze (trainable=False) every layer that one of `patterns` names.
+
+    A pattern is an fnmatch layer-name pattern (`block1_conv*`, `fc6`), `backbone` (the whole
+    backbone) or `backbone:strideN` (the backbone up to its stride-N features, N = 4, 8, 16 or
+    32): the last two mean the same part of the network on every backbone, so one config fits
+    them all. Call it before `compile`: Keras fixes the set of trained weights when compiling.
 
     Returns:
         Names of the layers frozen, in model order.
@@ -262,15 +314,18 @@ def apply_freeze(model: keras.Model, patterns) -> list[str]:
         ConfigError: a pattern matches no layer (names the pattern and lists the layer names).
     """
     names = [layer.name for layer in model.layers]
+    chosen: set[str] = set()
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+        matched = _pattern_layers(model, pattern, names)
+        if not matched:
             raise ConfigError(
                 f"model.freeze: pattern {pattern!r} matches no layer of {model.name}; "
                 f"layers: {', '.join(names)}"
             )
+        chosen.update(matched)
     frozen = []
     for layer in model.layers:
-        if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns):
+        if layer.name in chosen:
             layer.trainable = False
             frozen.append(layer.name)
     return frozen

@@ -1,0 +1,203 @@
+"""The VGG16 backbone of the FCNs: preprocessing, convolution blocks, convolutionized fc6/fc7, and
+the conversion of ImageNet VGG16 weights (with the classifier top) into it.
+
+Layer names follow `keras.applications.VGG16` (`block1_conv1` ... `block5_pool`) so its weights
+load by name; fc6/fc7 are the classifier's fc1/fc2 turned into convolutions, as in the FCN paper.
+The stride-32 head is fc6/fc7 (`head`); the stride-16 and stride-8 skips are pool4 and pool3.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kfcn.errors import ModelError
+from kfcn.models.backbones.common import l2 as _l2
+from kfcn.padding import IMAGENET_MEAN_RGB
+
+NAME = "vgg16"
+LABEL = "VGG16"
+WEIGHTS_HELP = "a Keras VGG16 weights file with the classifier top"
+# The layer that outputs each stride's features (what `features` returns, by stride).
+FEATURES = {4: "block2_pool", 8: "block3_pool", 16: "block4_pool", 32: "block5_pool"}
+
+# (block, number of 3x3 convolutions, filters) as in VGG16.
+BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+CONV_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, n + 1))
+
+
+@keras.saving.register_keras_serializable(package="kfcn")
+class VGGPreprocess(keras.layers.Layer):
+    """VGG16's input preprocessing: RGB -> BGR, then subtract the ImageNet mean (BGR order).
+
+    Input (B, H, W, 3) RGB in 0-255; output (B, H, W, 3) float32, zero-mean BGR. It always computes
+    in float32 (even under a mixed-precision policy) so the mean subtraction is exact; the first
+    convolution casts afterwards.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.mean_bgr = tuple(reversed(IMAGENET_MEAN_RGB))
+
+    def call(self, images):
+        images = keras.ops.cast(images, "float32")  # (B, H, W, 3) RGB
+        bgr = keras.ops.flip(images, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(self.mean_bgr, "float32")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)  # fixed to float32 by __init__
+        return config
+
+
+def vgg16_features(images, weight_decay: float) -> dict:
+    """Apply preprocessing and the 13 VGG16 convolutions to `images` (B, H, W, 3) RGB 0-255.
+
+    Returns:
+        The pooled feature maps by layer name: `block3_pool` (B, H/8, W/8, 256), `block4_pool`
+        (B, H/16, W/16, 512) and `block5_pool` (B, H/32, W/32, 512).
+    """
+    x = VGGPreprocess(name="preprocess")(images)
+    pooled = {}
+    for block, convs, filters in BLOCKS:
+        for i in range(1, convs + 1):
+            x = keras.layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                activation="relu",
+                kernel_regularizer=_l2(weight_decay),
+                name=f"block{block}_conv{i}",
+            )(x)
+        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+        pooled[f"block{block}_pool"] = x
+    return pooled
+
+
+def fully_convolutional_head(pool5, weight_decay: float, dropout: float):
+    """fc6 (7x7 conv, 4096) and fc7 (1x1 conv, 4096), each with ReLU and dropout.
+
+    Args:
+        pool5: (B, h, w, 512) `block5_pool` features.
+
+    Returns:
+        (B, h, w, 4096) fc7 features after dropout.
+    """
+    x = keras.layers.Conv2D(
+        4096,
+        7,
+        padding="same",
+        activation="relu",
+        kernel_regularizer=_l2(weight_decay),
+        name="fc6",
+    )(pool5)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(
+        4096,
+        1,
+        activation="relu",
+        kernel_regularizer=_l2(weight_decay),
+        name="fc7",
+    )(x)
+    return keras.layers.Dropout(dropout, name="drop7")(x)  # (B, h, w, 4096)
+
+
+def _imagenet_vgg16(weights: str):
+    """`keras.applications.VGG16` with its classifier top, loaded from `weights` ('imagenet' or a
+    file path). Raises ModelError with one line when the weights cannot be had."""
+    if weights == "imagenet":
+        try:
+            return keras.applications.VGG16(include_top=True, weights="imagenet")
+        except Exception as exc:  # the download can fail in many ways (network, proxy, disk)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(
+                "cannot get the ImageNet VGG16 weights (Keras downloads them to ~/.keras/models on "
+                f"first use): {reason}; download vgg16_weights_tf_dim_ordering_tf_kernels.h5 and "
+                "pass its path as model.backbone_weights"
+            ) from None
+    path = Path(weights).expanduser()
+    expected = (
+        "expected 'imagenet', 'none' or a Keras VGG16 weights file with the classifier top "
+        "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, not the _notop file)"
+    )
+    if not path.is_file():
+        raise ModelError(f"{weights}: backbone weights file not found; {expected}")
+    if not os.access(path, os.R_OK):
+        raise ModelError(f"{weights}: backbone weights file is not readable")
+    try:
+        return keras.applications.VGG16(include_top=True, weights=str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = (
+            str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+        )
+        raise ModelError(
+            f"{weights}: cannot load as VGG16 weights ({reason}); {expected}"
+        ) from None
+
+
+def convert_vgg16_weights(vgg16) -> dict[str, list[np.ndarray]]:
+    """The weights of an ImageNet VGG16 (with top) in the FCN layout, by FCN layer name.
+
+    The 13 convolutions are copied; fc1 (25088, 4096) becomes the 7x7 fc6 kernel (7, 7, 512, 4096)
+    — Keras flattened `block5_pool` channels-last, so row (i*7 + j)*512 + c is kernel[i, j, c] —
+    and fc2 (4096, 4096) becomes the 1x1 fc7 kernel. The 1000-class `predictions` layer is dropped.
+    """
+    out = {name: vgg16.get_layer(name).get_weights() for name in CONV_LAYERS}
+    fc1_kernel, fc1_bias = vgg16.get_layer("fc1").get_weights()
+    fc2_kernel, fc2_bias = vgg16.get_layer("fc2").get_weights()
+    out["fc6"] = [fc1_kernel.reshape(7, 7, 512, 4096), fc1_bias]
+    out["fc7"] = [fc2_kernel.reshape(1, 1, 4096, 4096), fc2_bias]
+    return out
+
+
+def imagenet_backbone_weights(weights: str) -> dict[str, list[np.ndarray]]:
+    """Read ImageNet VGG16 weights and convert them to the FCN layout (`convert_vgg16_weights`).
+
+    Args:
+        weights: 'imagenet' (Keras downloads the file on first use) or the path of a Keras VGG16
+            weights file with the classifier top — anything
+            `keras.applications.VGG16(include_top=True, weights=path)` accepts, such as the
+            official vgg16_weights_tf_dim_ordering_tf_kernels.h5.
+
+    Raises:
+        ModelError: the file is missing, unreadable or not VGG16-with-top weights.
+    """
+    vgg16 = _imagenet_vgg16(weights)
+    converted = convert_vgg16_weights(vgg16)
+    del vgg16  # ~0.5 GB, no longer needed
+    return converted
+
+
+# --- the backbone interface (see kfcn.models.backbones)
+
+
+def features(images, weight_decay: float) -> dict:
+    """Preprocessing and the VGG16 convolutions on `images` (B, H, W, 3) RGB 0-255.
+
+    Returns:
+        Feature maps by stride: 4 (B, H/4, W/4, 128), 8 (256), 16 (512) and 32 (512 channels).
+    """
+    pooled = vgg16_features(images, weight_decay)
+    return {stride: pooled[name] for stride, name in FEATURES.items()}
+
+
+def head(x, weight_decay: float, dropout: float):
+    """fc6/fc7 on the stride-32 features: (B, h, w, 512) -> (B, h, w, 4096)."""
+    return fully_convolutional_head(x, weight_decay, dropout)
+
+
+pretrained_weights = imagenet_backbone_weights
+
+
+def set_backbone_weights(model, converted: dict[str, list[np.ndarray]]) -> list[str]:
+    """Set the layers of an FCN `model` from `imagenet_backbone_weights` output; returns their names."""
+    for name, values in converted.items():
+        model.get_layer(name).set_weights(values)
+    return list(converted)
