@@ -55,6 +55,14 @@ BATCH_SIZE_OPTION = click.option(
     show_default=True,
     help="Images per model call (images of one padded size only).",
 )
+PRECISION_OPTION = click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Compute precision; logits stay float32. bfloat16: GPU, or CPU with AVX512_BF16/AMX; "
+    "float16: GPU.",
+)
 
 
 class KfcnGroup(click.Group):
@@ -417,8 +425,9 @@ def train(
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
+@PRECISION_OPTION
 def evaluate(
-    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images
+    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images, precision
 ) -> None:
     """Score a model on every image of a prepared split, each at its original resolution.
 
@@ -434,7 +443,15 @@ def evaluate(
         raise click.BadParameter(f"{out}: expected a .json file name", param_hint="--out")
     setting = TTA(scales=parse_scales(tta_scales)) if tta else None
     report = evaluate_model(
-        models, data_dir, split, batch_size, max_images, True, ensemble=ensemble, tta=setting
+        models,
+        data_dir,
+        split,
+        batch_size,
+        max_images,
+        True,
+        ensemble=ensemble,
+        tta=setting,
+        precision=precision,
     )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or default_report_path(report["model"], split))
@@ -463,8 +480,9 @@ def evaluate(
     show_default=True,
     help="A longer image is predicted shrunk to this long side; its mask is enlarged back.",
 )
+@PRECISION_OPTION
 def predict(
-    images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side
+    images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side, precision
 ) -> None:
     """Predict a segmentation mask for each IMAGE (files, directories or glob patterns).
 
@@ -490,6 +508,7 @@ def predict(
         progress=True,
         ensemble=ensemble,
         tta=setting,
+        precision=precision,
     )
     click.echo(f"wrote {len(result.written)} file(s) to {out_dir}")
     if result.failures:

@@ -88,6 +88,7 @@ def evaluate_model(
     *,
     ensemble: bool = False,
     tta: TTA | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
@@ -101,10 +102,11 @@ def evaluate_model(
         progress: show a progress bar.
         ensemble: a run directory stands for all its finished stages (averaged).
         tta: test-time augmentation (flip, scales), or None.
+        precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
 
     Returns:
-        The report (see `make_report`), with `model` (the first file), `models` (all files) and
-        `tta` (the `TTA.as_dict()` setting, or None).
+        The report (see `make_report`), with `model` (the first file), `models` (all files),
+        `tta` (the `TTA.as_dict()` setting, or None) and `precision`.
 
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
@@ -115,7 +117,7 @@ def evaluate_model(
     class_names = model_info(paths[0])["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
     _check_classes(data_dir, paths[0], len(class_names))
-    predictor, _, _ = load_predictor(paths, tta=tta)
+    predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
     cm, count = confusion_over_split(
         predictor, data_dir, split, len(class_names), max_images, progress, batch_size
     )
@@ -124,6 +126,7 @@ def evaluate_model(
     )
     report["models"] = [str(p) for p in paths]
     report["tta"] = tta.as_dict() if tta else None
+    report["precision"] = precision
     return report
 
 
@@ -189,6 +192,7 @@ def format_table(report: dict) -> str:
             if tta
             else "none"
         ),
+        f"precision: {report.get('precision', 'float32')}",
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]

@@ -196,18 +196,36 @@ def model_info(path: str | os.PathLike) -> dict:
     return info
 
 
-def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
+PRECISIONS = {"float32": "float32", "bfloat16": "bfloat16", "float16": "mixed_float16"}
+"""--precision -> the Keras dtype policy of the model's layers. bfloat16 keeps its weights in
+bfloat16 too (half the memory, no cast per call); float16 computes in float16 on float32 weights
+(float16's range is too narrow to hold every weight and activation safely)."""
+
+FLOAT32_LAYERS = ("preprocess", "logits")
+"""Layers that stay float32 at any precision: the input's mean subtraction (bfloat16 would round
+pixel values by up to 1) and the output logits."""
+
+
+def load_model(path: str | os.PathLike, precision: str = "float32") -> tuple[keras.Model, dict]:
     """Load a model file written by `save_model` (or any kfcn `.keras` file).
+
+    Args:
+        path: the `.keras` file.
+        precision: 'float32' (as saved), 'bfloat16' or 'float16': every layer but the input
+            preprocessing and the logits computes at that precision (see `PRECISIONS`); the
+            logits stay float32.
 
     Returns:
         `(model, info)`: the uncompiled model, and its stored information (see `make_info`).
 
     Raises:
         ModelError: one line, for a missing, corrupt or non-kfcn file.
+        ValueError: an unknown precision.
     """
+    _check_precision_name(precision)
     info = model_info(path)
     try:
-        model = _fast_load(path)
+        model = _fast_load(path, precision)
     except Exception:  # noqa: BLE001  any trouble: let Keras read the file and name the problem
         model = None
     if model is None:
@@ -216,6 +234,7 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
         except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: cannot load the model ({reason})") from None
+        model = with_precision(model, precision)
     n = int(model.output.shape[-1])
     if len(info["class_names"]) != n:
         raise ModelError(
@@ -225,13 +244,71 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     return model, info
 
 
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """`model` computing at `precision` ('float32', 'bfloat16', 'float16'; see `load_model`).
+
+    Returns `model` itself when it already computes at that precision, else a copy with the
+    same weights (cast to the new variable dtype).
+    """
+    _check_precision_name(precision)
+    config = keras.saving.serialize_keras_object(model)
+    if not _set_precision(config, precision):
+        return model
+    copy_ = _build(config)
+    for new, old in zip(copy_.weights, model.weights, strict=True):
+        new.assign(tf.cast(old.value, new.dtype))
+    return copy_
+
+
+def model_precision(model: keras.Model) -> str:
+    """The `--precision` name of a model's layers (of its first convolution)."""
+    for layer in _all_layers(model)[::-1]:
+        if isinstance(layer, keras.layers.Conv2D):
+            name = layer.dtype_policy.name
+            return next((k for k, v in PRECISIONS.items() if v == name), name)
+    return "float32"
+
+
+def _check_precision_name(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}"
+        )
+
+
+def _set_precision(config: dict, precision: str) -> bool:
+    """Set the dtype policy of a serialized functional model's layers, in place.
+
+    Returns:
+        Whether any layer changed.
+    """
+    policy = PRECISIONS[precision]
+    changed = False
+    for layer in config["config"]["layers"]:
+        inner = layer["config"]
+        dtype = inner.get("dtype")
+        if layer["class_name"] == "InputLayer" or inner.get("name") in FLOAT32_LAYERS:
+            continue
+        if not isinstance(dtype, dict) or dtype.get("config", {}).get("name") == policy:
+            continue
+        inner["dtype"] = {
+            "module": "keras",
+            "class_name": "DTypePolicy",
+            "config": {"name": policy},
+            "registered_name": None,
+        }
+        changed = True
+    return changed
+
+
 CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 _ZEROS = {"module": "keras.initializers", "class_name": "Zeros", "config": {}}
 
 
-def _fast_load(path: str | os.PathLike) -> keras.Model | None:
-    """`keras.saving.load_model(path, compile=False, safe_mode=True)`, without its waste.
+def _fast_load(path: str | os.PathLike, precision: str = "float32") -> keras.Model | None:
+    """`keras.saving.load_model(path, compile=False, safe_mode=True)`, without its waste, at
+    `precision`.
 
     Returns:
         The model, or None when the weights member is compressed (then Keras must read it).
@@ -243,6 +320,22 @@ def _fast_load(path: str | os.PathLike) -> keras.Model | None:
         member = zf.getinfo(WEIGHTS_MEMBER)
     if member.compress_type != zipfile.ZIP_STORED:
         return None
+    _set_precision(config, precision)
+    model = _build(config)
+    store = _weights_store(path)
+    try:
+        saving_lib._load_state(model, store, None, inner_path="", visited_saveables=set())
+    finally:
+        store.close()
+    return model
+
+
+def _build(config: dict) -> keras.Model:
+    """The model of a serialized config (as in `config.json`), with each variable set to zero
+    (not drawn from its initializer) and each layer keeping its initializer for later use."""
+    from keras.src.saving import saving_lib
+
+    config = copy.deepcopy(config)
     initializers = _zero_initializers(config)
     config["compile_config"] = None
     with saving_lib.ObjectSharingScope():
@@ -250,11 +343,6 @@ def _fast_load(path: str | os.PathLike) -> keras.Model | None:
     for layer in _all_layers(model):
         for key, value in initializers.get(layer.name, {}).items():
             setattr(layer, key, keras.initializers.deserialize(value))
-    store = _weights_store(path)
-    try:
-        saving_lib._load_state(model, store, None, inner_path="", visited_saveables=set())
-    finally:
-        store.close()
     return model
 
 
