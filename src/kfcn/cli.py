@@ -537,7 +537,21 @@ def predict(
     help="SavedModel directory, or .tflite file (an earlier export there is replaced).",
 )
 @click.option("--size", default=None, metavar="HxW", help="tflite: the input image size.")
-def export(model, fmt, out, size) -> None:
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "float16", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="tflite weights: float32 (none), float16, int8 weights (dynamic), or int8 weights and "
+    "activations (int8, needs --calibration-data).",
+)
+@click.option(
+    "--calibration-data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="--quantize int8: a directory written by `kfcn prepare`; its train images calibrate.",
+)
+def export(model, fmt, out, size, quantize, calibration_data) -> None:
     """Export a model with its padding for serving, without kfcn or Keras.
 
     \b
@@ -546,11 +560,13 @@ def export(model, fmt, out, size) -> None:
     tflite       signature serving_default: image (1, H, W, 3) uint8 RGB of --size
                  -> mask (1, H, W) uint8, probabilities (1, H, W, C) float32
     Class names, palette and variant go to OUT/assets.extra/kfcn.json (SavedModel) or to
-    OUT with .json instead of .tflite. Weights stay float32 (no quantization).
+    OUT with .json instead of .tflite. tflite --quantize float16/dynamic/int8 shrinks the file;
+    input and mask stay uint8.
     """
     from kfcn.export import export_model, parse_size
 
-    written = export_model(model, fmt, out, parse_size(size) if size is not None else None)
+    size = parse_size(size) if size is not None else None
+    written = export_model(model, fmt, out, size, quantize, calibration_data)
     click.echo(f"wrote {written}")
 
 
