@@ -45,7 +45,9 @@ def confusion_over_split(
 
     Each image is padded to its own next multiple of 32 and the logits are cropped back, so the
     score is at the original resolution; label 255 is ignored. With `batch_size` > 1, images of
-    the same padded size share a model call (`kfcn.padding.predict_classes`).
+    the same padded size share a model call (`kfcn.padding.predict_classes`): each padded size
+    collects images across the whole split until it has `batch_size` of them. The progress bar
+    shows the images per second.
 
     `model` is a Keras model or a `kfcn.inference.Predictor` (an ensemble and/or TTA).
 
@@ -68,6 +70,9 @@ def confusion_over_split(
                 cm.update(label, pred)
             count += len(batch)
             bar.update(len(batch))
+            elapsed = bar.format_dict["elapsed"]
+            if elapsed > 0:
+                bar.set_postfix_str(f"{count / elapsed:.2f} img/s", refresh=False)
     return cm, count
 
 
