@@ -3,13 +3,14 @@
     python -m bench.first_mask_bench --model M.keras --image one.jpg [--rounds 3]
 
 The floor is what no loader can save: `import tensorflow` plus one forward pass of M on the image
-(the first call of a fresh process, graph tracing included). Each round, in fresh processes:
+(the first call, graph tracing included). Both are timed inside the very `kfcn predict` process
+whose wall time is measured, so the ratio holds even on a busy machine, where fresh processes
+differ by seconds. Each round runs, in fresh processes:
 
-1. a probe that times `import tensorflow`, the rest of kfcn's imports, the model load (kfcn's
-   loader and `keras.saving.load_model`), reading the file's bytes, and the first and second
-   forward pass;
-2. `kfcn predict` end to end (wall and CPU seconds of the whole process);
-3. the same with the model loaded by `keras.saving.load_model`, as before kfcn read files itself.
+1. `kfcn predict` end to end (wall and CPU seconds of the whole process, from outside), with
+   `import tensorflow`, the model load and the forward pass timed inside;
+2. the same with the model read by `keras.saving.load_model`, as before kfcn read files itself;
+3. a probe that reads the model file's bytes (the raw read a loader cannot beat).
 
 The page cache is warmed by one untimed read of the model first. Medians over the rounds are
 printed and written as JSON (`--out`).
@@ -30,41 +31,46 @@ from pathlib import Path
 
 from bench.common import cpu_model, write_json_atomic
 
-PROBE = r"""
+WRAPPER = r"""
 import json, sys, time
 t0 = time.perf_counter()
-import tensorflow as tf
+import tensorflow
 t1 = time.perf_counter()
-import keras
-from kfcn.images import read_image
-from kfcn.models import load_model
-from kfcn.padding import predict_classes
-t2 = time.perf_counter()
+import kfcn.inference as inference
+import kfcn.models.io as model_io
+times = {"import_tf": t1 - t0, "load": 0.0, "forward": 0.0}
+if sys.argv[1] == "keras":
+    model_io._fast_load = lambda *args, **kwargs: None
+load_model, classes = model_io.load_model, inference.Predictor.classes
+def timed(key, fn):
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            times[key] += time.perf_counter() - start
+    return call
+model_io.load_model = timed("load", load_model)
+inference.Predictor.classes = timed("forward", classes)
+import kfcn.models
+kfcn.models.load_model = model_io.load_model
+from kfcn.cli import main
+sys.argv = ["kfcn", *sys.argv[2:]]
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(times), file=sys.stderr)
+"""
+
+READ = r"""
+import sys, time
+start = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     while f.read(1 << 24):
         pass
-t3 = time.perf_counter()
-model, _ = load_model(sys.argv[1])
-t4 = time.perf_counter()
-image = read_image(sys.argv[2])
-t5 = time.perf_counter()
-predict_classes(model, [image])
-t6 = time.perf_counter()
-predict_classes(model, [image])
-t7 = time.perf_counter()
-del model
-t8 = time.perf_counter()
-keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
-t9 = time.perf_counter()
-print(json.dumps({"import_tf": t1 - t0, "import_kfcn": t2 - t1, "read_file": t3 - t2,
-    "load": t4 - t3, "read_image": t5 - t4, "forward_first": t6 - t5, "forward": t7 - t6,
-    "load_keras": t9 - t8}))
+print(time.perf_counter() - start)
 """
-
-KERAS_LOADER = (
-    "import sys; import kfcn.models.io as io; io._fast_load = lambda *a, **k: None; "
-    "from kfcn.cli import main; sys.argv[0] = 'kfcn'; main()"
-)
 
 
 def _run(argv: list[str]) -> tuple[float, float, str]:
@@ -75,7 +81,7 @@ def _run(argv: list[str]) -> tuple[float, float, str]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, done.stdout
+    return wall, cpu, done.stdout + done.stderr
 
 
 def measure(model: str, image: str, rounds: int) -> dict:
@@ -84,24 +90,25 @@ def measure(model: str, image: str, rounds: int) -> dict:
         while f.read(1 << 24):
             pass
     samples: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+
     with tempfile.TemporaryDirectory() as out:
         predict = ["predict", image, "--model", model, "--out", out]
         for _ in range(rounds):
-            _, _, text = _run([sys.executable, "-c", PROBE, model, image])
-            for key, value in json.loads(text.strip().splitlines()[-1]).items():
-                samples.setdefault(key, []).append(value)
-            wall, cpu, _ = _run([sys.executable, "-m", "kfcn.cli", *predict])
-            samples.setdefault("predict_wall", []).append(wall)
-            samples.setdefault("predict_cpu", []).append(cpu)
-            wall, cpu, _ = _run([sys.executable, "-c", KERAS_LOADER, *predict])
-            samples.setdefault("predict_keras_loader_wall", []).append(wall)
-            samples.setdefault("predict_keras_loader_cpu", []).append(cpu)
-            floor = samples["import_tf"][-1] + samples["forward_first"][-1]
-            samples.setdefault("floor", []).append(floor)
-            samples.setdefault("ratio", []).append(samples["predict_wall"][-1] / floor)
-            samples.setdefault("ratio_keras_loader", []).append(
-                samples["predict_keras_loader_wall"][-1] / floor
-            )
+            for loader in ("kfcn", "keras"):
+                wall, cpu, text = _run([sys.executable, "-c", WRAPPER, loader, *predict])
+                inside = json.loads(text.strip().splitlines()[-1])
+                floor = inside["import_tf"] + inside["forward"]
+                for key, value in inside.items():
+                    add(f"{loader}_{key}", value)
+                add(f"{loader}_wall", wall)
+                add(f"{loader}_cpu", cpu)
+                add(f"{loader}_floor", floor)
+                add(f"{loader}_ratio", wall / floor)
+                add(f"{loader}_other", wall - floor - inside["load"])
+            add("read_file", float(_run([sys.executable, "-c", READ, model])[2].split()[0]))
     return {
         "cpu": cpu_model(),
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],

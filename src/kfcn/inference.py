@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfcn.errors import ConfigError, ModelError
-from kfcn.models.io import PRECISIONS, with_precision
+from kfcn.models.io import PRECISIONS, model_precision, with_precision
 from kfcn.padding import predict_classes, predict_logits
 
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
@@ -113,19 +113,25 @@ class Predictor:
     Args:
         models: one or more FCNs that predict the same classes.
         tta: a `TTA` setting, or None for a single plain view.
-        precision: 'float32', 'bfloat16' or 'float16'; models are converted when needed
-            (see `kfcn.models.with_precision`; check the machine with `check_precision`).
+        precision: 'float32', 'bfloat16' or 'float16': models are converted when needed
+            (see `kfcn.models.with_precision`; check the machine with `check_precision`);
+            None runs them as they are.
 
     Raises:
         ModelError: no models, or models that predict different numbers of classes.
     """
 
     def __init__(
-        self, models: Sequence[keras.Model], tta: TTA | None = None, precision: str = "float32"
+        self,
+        models: Sequence[keras.Model],
+        tta: TTA | None = None,
+        precision: str | None = None,
     ):
-        self.models = [with_precision(model, precision) for model in models]
+        if precision is not None:
+            models = [with_precision(model, precision) for model in models]
+        self.models = list(models)
         self.tta = tta
-        self.precision = precision
+        self.precision = precision or (model_precision(models[0]) if models else "float32")
         if not self.models:
             raise ModelError("no model to predict with")
         counts = {int(m.output.shape[-1]) for m in self.models}

@@ -251,6 +251,8 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
     same weights (cast to the new variable dtype).
     """
     _check_precision_name(precision)
+    if model_precision(model) == precision:
+        return model
     config = keras.saving.serialize_keras_object(model)
     if not _set_precision(config, precision):
         return model
