@@ -54,10 +54,10 @@ model_io.load_model = timed("load", load_model)
 inference.Predictor.classes = timed("forward", classes)
 import kfcn.models
 kfcn.models.load_model = model_io.load_model
-from kfcn.cli import main
+from kfcn.cli import run
 sys.argv = ["kfcn", *sys.argv[2:]]
 try:
-    main()
+    run()
 except SystemExit:
     pass
 print(json.dumps(times), file=sys.stderr)
