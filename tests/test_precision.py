@@ -111,3 +111,7 @@ def test_importing_the_cli_does_not_import_tensorflow():
     code = "import sys, kfcn.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.split() == ["False", "False"], done.stderr
+    # The program (`kfcn.cli.run`) keeps click's exit status and messages.
+    argv = [sys.executable, "-m", "kfcn.cli", "predict", "a.jpg", "--model", "m.keras"]
+    done = subprocess.run([*argv, "--out", "o", "--precision", "float64"], capture_output=True)
+    assert done.returncode == 2 and b"'float64' is not one of" in done.stderr
