@@ -7,12 +7,12 @@ key "kfcn" of the archive's `metadata.json`. Keras writes that file and never re
 loading, so the key is safe there; an extra archive member would instead make Keras extract the
 whole archive (weights included) to a temporary directory on every load.
 
-`load_model` reads a file faster than `keras.saving.load_model` (about 0.5 s instead of 8-12 s
-for a 538 MB FCN-8s on a 2-core CPU) and gives the same model: it builds the layers with zero
-initializers (drawing 134 M random numbers only to overwrite them cost most of the time) and
-then restores each layer's own initializer, and it reads `model.weights.h5` in place inside the
-archive, where Keras first copies it into memory or a temporary file. Files whose weights are
-compressed, or that the fast path cannot read, load through Keras.
+`load_model` reads a file faster than `keras.saving.load_model` (0.4-1 s of CPU for a 538 MB
+FCN-8s on a 2-core CPU; see BENCHMARKS.md) and gives the same model: it builds the layers with
+zero initializers (drawing 134 M random numbers only to overwrite them cost most of the time)
+and then restores each layer's own initializer, and it reads `model.weights.h5` in place inside
+the archive, where Keras first copies it into memory or a temporary file. Files whose weights
+are compressed, or that the fast path cannot read, load through Keras.
 """
 
 from __future__ import annotations
@@ -263,7 +263,8 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
 
 
 def model_precision(model: keras.Model) -> str:
-    """The `--precision` name of a model's layers (of its first convolution)."""
+    """The `--precision` name of a model's convolutions ('float32', 'bfloat16', 'float16'), or
+    their Keras dtype policy name when it is none of these (e.g. 'mixed_bfloat16')."""
     for layer in _all_layers(model)[::-1]:
         if isinstance(layer, keras.layers.Conv2D):
             name = layer.dtype_policy.name
