@@ -13,7 +13,7 @@ from kfcn import inference
 from kfcn.cli import main
 from kfcn.errors import ConfigError
 from kfcn.evaluate import evaluate_model, format_table
-from kfcn.models import load_model, model_precision, with_precision
+from kfcn.models.io import load_model, model_precision, with_precision
 from kfcn.padding import predict_classes
 
 from .shards import write_shards

@@ -9,19 +9,10 @@ from kfcn.models.fcn import (
     build_fcn_from_config,
     transfer_weights,
 )
-from kfcn.models.io import (
-    PRECISIONS,
-    load_model,
-    make_info,
-    model_info,
-    model_precision,
-    save_model,
-    with_precision,
-)
+from kfcn.models.io import load_model, make_info, model_info, save_model
 from kfcn.models.vgg import VGGPreprocess, convert_vgg16_weights, imagenet_backbone_weights
 
 __all__ = [
-    "PRECISIONS",
     "VARIANTS",
     "BilinearUpsampling",
     "VGGPreprocess",
@@ -34,8 +25,6 @@ __all__ = [
     "load_model",
     "make_info",
     "model_info",
-    "model_precision",
     "save_model",
     "transfer_weights",
-    "with_precision",
 ]
