@@ -3,6 +3,7 @@ function; all the work lives in the library. `KfcnError`s become one line on std
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -91,6 +92,14 @@ BATCH_SIZE_OPTION = click.option(
     default=1,
     show_default=True,
     help="Images per model call (images of one padded size only).",
+)
+PRECISION_OPTION = click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Compute precision; logits stay float32. bfloat16: GPU, or CPU with AVX512_BF16/AMX; "
+    "float16: GPU.",
 )
 
 
@@ -489,8 +498,9 @@ def train(
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
+@PRECISION_OPTION
 def evaluate(
-    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images
+    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images, precision
 ) -> None:
     """Score a model on every image of a prepared split, each at its original resolution.
 
@@ -509,7 +519,15 @@ def evaluate(
     _check_default("models", "--model MODEL (or set KFCN_RUN_DIR)", "run directory")
     _echo_devices()
     report = evaluate_model(
-        models, data_dir, split, batch_size, max_images, True, ensemble=ensemble, tta=setting
+        models,
+        data_dir,
+        split,
+        batch_size,
+        max_images,
+        True,
+        ensemble=ensemble,
+        tta=setting,
+        precision=precision,
     )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or report_path_of(report))
@@ -540,8 +558,9 @@ def evaluate(
     help="A longer image is predicted shrunk to this long side; its mask is enlarged back. "
     "No --tta view is larger either.",
 )
+@PRECISION_OPTION
 def predict(
-    images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side
+    images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side, precision
 ) -> None:
     """Predict a segmentation mask for each IMAGE (files, directories or glob patterns).
 
@@ -570,6 +589,7 @@ def predict(
         progress=True,
         ensemble=ensemble,
         tta=setting,
+        precision=precision,
     )
     click.echo(f"wrote {len(result.written)} file(s) to {out_dir}")
     if result.failures:
@@ -598,7 +618,21 @@ def predict(
     help="SavedModel directory, or .tflite file (an earlier export there is replaced).",
 )
 @click.option("--size", default=None, metavar="HxW", help="tflite: the input image size.")
-def export(model, fmt, out, size) -> None:
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "float16", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="tflite weights: float32 (none), float16, int8 weights (dynamic), or int8 weights and "
+    "activations (int8, needs --calibration-data).",
+)
+@click.option(
+    "--calibration-data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="--quantize int8: a directory written by `kfcn prepare`; its train images calibrate.",
+)
+def export(model, fmt, out, size, quantize, calibration_data) -> None:
     """Export a model with its padding for serving, without kfcn or Keras.
 
     \b
@@ -607,13 +641,28 @@ def export(model, fmt, out, size) -> None:
     tflite       signature serving_default: image (1, H, W, 3) uint8 RGB of --size
                  -> mask (1, H, W) uint8, probabilities (1, H, W, C) float32
     Class names, palette and variant go to OUT/assets.extra/kfcn.json (SavedModel) or to
-    OUT with .json instead of .tflite. Weights stay float32 (no quantization).
+    OUT with .json instead of .tflite. tflite --quantize float16/dynamic/int8 shrinks the file;
+    input and mask stay uint8.
     """
     from kfcn.export import export_model, parse_size
 
-    written = export_model(model, fmt, out, parse_size(size) if size is not None else None)
+    size = parse_size(size) if size is not None else None
+    written = export_model(model, fmt, out, size, quantize, calibration_data)
     click.echo(f"wrote {written}")
 
 
+def run() -> None:
+    """The `kfcn` program: `main`, then a quick exit.
+
+    At exit Python's collector would walk every object TensorFlow created once more, about a
+    second on a small CPU after the work is done; freezing them first skips that walk. Only for
+    the program: a process that calls `main` again (tests) keeps collecting as usual.
+    """
+    try:
+        main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    main()
+    run()

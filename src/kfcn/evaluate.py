@@ -46,7 +46,9 @@ def confusion_over_split(
 
     Each image is padded to its own next multiple of 32 and the logits are cropped back, so the
     score is at the original resolution; label 255 is ignored. With `batch_size` > 1, images of
-    the same padded size share a model call (`kfcn.padding.predict_classes`).
+    the same padded size share a model call (`kfcn.padding.predict_classes`): each padded size
+    collects images across the whole split until it has `batch_size` of them. The progress bar
+    shows the images per second.
 
     `model` is a Keras model or a `kfcn.inference.Predictor` (an ensemble and/or TTA).
 
@@ -69,6 +71,9 @@ def confusion_over_split(
                 cm.update(label, pred)
             count += len(batch)
             bar.update(len(batch))
+            elapsed = bar.format_dict["elapsed"]
+            if elapsed > 0:
+                bar.set_postfix_str(f"{count / elapsed:.2f} img/s", refresh=False)
     return cm, count
 
 
@@ -89,6 +94,7 @@ def evaluate_model(
     *,
     ensemble: bool = False,
     tta: TTA | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
@@ -102,10 +108,11 @@ def evaluate_model(
         progress: show a progress bar.
         ensemble: a run directory stands for all its finished stages (averaged).
         tta: test-time augmentation (flip, scales), or None.
+        precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
 
     Returns:
-        The report (see `make_report`), with `model` (the first file), `models` (all files) and
-        `tta` (the `TTA.as_dict()` setting, or None).
+        The report (see `make_report`), with `model` (the first file), `models` (all files),
+        `tta` (the `TTA.as_dict()` setting, or None) and `precision`.
 
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
@@ -116,7 +123,7 @@ def evaluate_model(
     class_names = model_info(paths[0])["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
     _check_classes(data_dir, paths[0], class_names)
-    predictor, _, _ = load_predictor(paths, tta=tta)
+    predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
     cm, count = confusion_over_split(
         predictor, data_dir, split, len(class_names), max_images, progress, batch_size
     )
@@ -126,6 +133,7 @@ def evaluate_model(
     report["models"] = [str(p) for p in paths]
     report["tta"] = tta.as_dict() if tta else None
     report["max_images"] = max_images
+    report["precision"] = precision
     return report
 
 
@@ -202,6 +210,7 @@ def format_table(report: dict) -> str:
             if tta
             else "none"
         ),
+        f"precision: {report.get('precision', 'float32')}",
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]

@@ -10,8 +10,11 @@ Both formats hold the whole inference path, so a server needs neither kfcn nor K
 * **TFLite** (`format="tflite"`): one fixed input size, chosen at export. Signature
   `serving_default` takes `image` (1, H, W, 3) uint8 and returns `mask` (1, H, W) uint8 and
   `probabilities` (1, H, W, C) float32; padding happens inside, so H and W need not be multiples
-  of 32. The converter's optimizations (quantization) are off: the file keeps float32 weights
-  (about 0.5 GB for VGG16) and its masks match the SavedModel's up to float rounding.
+  of 32. `quantize` chooses the weights: "none" keeps float32 (about 0.5 GB for VGG16; masks
+  match the SavedModel's up to float rounding), "float16" halves the file, "dynamic" stores
+  int8 weights with float activations, and "int8" quantizes weights and activations with ranges
+  calibrated on the train images of a `kfcn prepare` directory. Every variant keeps the uint8
+  image input and the uint8 mask output; ops without an int8 kernel stay float.
 
 Both write `assets.extra/kfcn.json` (SavedModel) or `OUT.json` next to the TFLite file with the
 class names, palette and variant, so a server can name and colour the classes.
@@ -36,6 +39,10 @@ from kfcn.images import write_atomic
 from kfcn.padding import crop_to, pad_image
 
 FORMATS = ("saved_model", "tflite")
+QUANTIZE = ("none", "float16", "dynamic", "int8")
+CALIBRATION_SPLIT = "train"
+CALIBRATION_IMAGES = 100
+"""int8: this many train images (the first, in record order) calibrate the activation ranges."""
 SIGNATURE = "serving_default"
 INFO_FILE = "kfcn.json"
 """Class names, palette and variant, in `assets.extra/` of a SavedModel or as `OUT.json`."""
@@ -160,9 +167,15 @@ def _write_dir(out: Path, write) -> Path:
 
 
 def export_tflite(
-    model: keras.Model, out: str | Path, size: tuple[int, int], info: dict | None = None
+    model: keras.Model,
+    out: str | Path,
+    size: tuple[int, int],
+    info: dict | None = None,
+    quantize: str = "none",
+    calibration_data: str | Path | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
 ) -> Path:
-    """Write `model` as a float32 TFLite file for images of one fixed size.
+    """Write `model` as a TFLite file for images of one fixed size.
 
     Args:
         model: an FCN from `kfcn.models.load_model` or `build_fcn`.
@@ -170,19 +183,25 @@ def export_tflite(
             variant go to the same name with `.json` instead.
         size: (H, W) of the input images, each >= 1 (padding to a multiple of 32 is inside).
         info: the model's information (`load_model`'s second value).
+        quantize: 'none' (float32), 'float16', 'dynamic' (int8 weights) or 'int8' (int8
+            weights and activations).
+        calibration_data: for 'int8', a directory written by `kfcn prepare`; its first
+            `calibration_images` train images, resized to `size`, calibrate the activations.
 
     Returns:
         `out`. Signature `serving_default`: `image` (1, H, W, 3) uint8 -> `mask` (1, H, W) uint8,
         `probabilities` (1, H, W, C) float32.
 
     Raises:
-        ModelError: a bad size, `out` is a directory or cannot be written, the conversion fails,
-            or the model has more than 256 classes.
+        ModelError: a bad size or quantization, `out` is a directory or cannot be written, the
+            conversion fails, or the model has more than 256 classes.
+        DataError: the calibration directory has no train split.
     """
     out = Path(out)
     height, width = size
     if height < 1 or width < 1:
         raise ModelError(f"export size {height}x{width}: height and width must be >= 1")
+    check_quantize(quantize, calibration_data)
     check_out(out, "tflite")
     _check_model(model)
 
@@ -197,7 +216,9 @@ def export_tflite(
         # The converter reads a SavedModel (~0.5 GB): write it beside the output, not in /tmp.
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
             archive.write_out(tmp, verbose=False)
-            flatbuffer = _convert(tf.lite.TFLiteConverter.from_saved_model(tmp), out)
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            _set_quantization(converter, quantize, calibration_data, size, calibration_images)
+            flatbuffer = _convert(converter, out)
     except OSError as exc:
         raise ModelError(f"{out}: cannot write the export ({exc})") from None
     write_atomic(out.with_suffix(".json"), _info_json(info).encode())
@@ -205,8 +226,54 @@ def export_tflite(
     return out
 
 
+def check_quantize(quantize: str, calibration_data: str | Path | None) -> None:
+    """Refuse an unknown quantization, int8 without calibration data, or data it would ignore.
+
+    Raises:
+        ModelError: with what to do instead.
+    """
+    if quantize not in QUANTIZE:
+        raise ModelError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZE)}")
+    if quantize == "int8" and calibration_data is None:
+        raise ModelError(
+            "--quantize int8 needs --calibration-data DIR (a directory written by kfcn prepare; "
+            "its train images calibrate the activation ranges)"
+        )
+    if quantize != "int8" and calibration_data is not None:
+        raise ModelError(f"--calibration-data is for --quantize int8, not {quantize}")
+
+
+def _set_quantization(converter, quantize: str, data_dir, size, count: int) -> None:
+    if quantize == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.representative_dataset = calibration_images(data_dir, size, count)
+
+
+def calibration_images(data_dir: str | Path, size: tuple[int, int], count: int):
+    """A TFLite representative dataset: the first `count` train images of `data_dir`, each
+    resized (bilinear, aspect ratio kept, padded with black) to `size`, as (1, H, W, 3) uint8.
+
+    Raises:
+        DataError: `data_dir` has no complete train split.
+    """
+    from kfcn.data import pipeline
+
+    pipeline.count_records(data_dir, CALIBRATION_SPLIT)  # fails early, naming the problem
+
+    def generate():
+        for example in pipeline.eval_dataset(data_dir, CALIBRATION_SPLIT).take(count):
+            image = tf.image.resize_with_pad(example["image"], *size)  # (H, W, 3) float32
+            yield [tf.cast(tf.round(image), tf.uint8)[tf.newaxis]]
+
+    return generate
+
+
 def _convert(converter: tf.lite.TFLiteConverter, out: Path) -> bytes:
-    """Run the converter with its defaults: no optimizations, so weights stay float32."""
+    """Run the converter (with the optimizations `_set_quantization` chose)."""
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises many types; report it as one line
@@ -227,7 +294,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def export_model(
-    model: str | Path, fmt: str, out: str | Path, size: tuple[int, int] | None = None
+    model: str | Path,
+    fmt: str,
+    out: str | Path,
+    size: tuple[int, int] | None = None,
+    quantize: str = "none",
+    calibration_data: str | Path | None = None,
 ) -> Path:
     """Load a model (a `.keras` file or a run directory) and export it.
 
@@ -237,12 +309,15 @@ def export_model(
         out: the SavedModel directory or `.tflite` file to write.
         size: (H, W) of the TFLite input; required for 'tflite', not allowed for 'saved_model'
             (whose signature takes any size).
+        quantize: for 'tflite', 'none', 'float16', 'dynamic' or 'int8' (see `export_tflite`).
+        calibration_data: for int8, a directory written by `kfcn prepare`.
 
     Returns:
         `out`.
 
     Raises:
-        ModelError: an unknown format, a missing or extra size, or any error of the exporters.
+        ModelError: an unknown format or quantization, a missing or extra size or calibration
+            directory, or any error of the exporters.
     """
     from kfcn.models import load_model
     from kfcn.runs import resolve_model
@@ -253,8 +328,11 @@ def export_model(
         raise ModelError("--format tflite needs --size HxW (TFLite models have one input size)")
     if fmt == "saved_model" and size is not None:
         raise ModelError("--size is for --format tflite; the SavedModel takes images of any size")
+    if fmt == "saved_model" and (quantize != "none" or calibration_data is not None):
+        raise ModelError("--quantize and --calibration-data are for --format tflite")
+    check_quantize(quantize, calibration_data)
     check_out(out, fmt)
     keras_model, info = load_model(resolve_model(model))
     if fmt == "saved_model":
         return export_saved_model(keras_model, out, info)
-    return export_tflite(keras_model, out, size, info)
+    return export_tflite(keras_model, out, size, info, quantize, calibration_data)

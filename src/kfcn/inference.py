@@ -9,6 +9,9 @@ padded to its own multiple of 32 by `kfcn.padding`, like a plain prediction.
 With one model and no TTA, `Predictor.classes` is exactly `kfcn.padding.predict_classes` (the
 argmax of the logits, images of one padded size batched in one call), so plain results do not
 change. `kfcn evaluate` and `kfcn predict` both predict through a `Predictor`.
+
+A `Predictor` runs its models at one precision: float32 (as trained), bfloat16 (CPUs with
+bfloat16 instructions, and GPUs) or float16 (GPUs); logits and probabilities stay float32.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfcn.errors import ConfigError, ModelError
+from kfcn.models.io import PRECISIONS, model_precision, with_precision
 from kfcn.padding import predict_classes, predict_logits
 
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
@@ -82,20 +86,75 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def check_precision(precision: str) -> str:
+    """Check that this machine can run models at `precision`.
+
+    float32 runs everywhere; bfloat16 on a GPU or on a CPU with bfloat16 instructions
+    (AVX512_BF16 or AMX-BF16); float16 on a GPU only (on a CPU it is emulated, slower than
+    float32).
+
+    Returns:
+        `precision`.
+
+    Raises:
+        ConfigError: an unknown precision, or one this machine cannot run fast.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "float32" or has_gpu():
+        return precision
+    if precision == "bfloat16" and cpu_has_bfloat16():
+        return precision
+    if precision == "bfloat16":
+        raise ConfigError(
+            "--precision bfloat16 needs a GPU or a CPU with bfloat16 instructions (AVX512_BF16 "
+            "or AMX); this machine has neither: use --precision float32"
+        )
+    other = "bfloat16 or float32" if cpu_has_bfloat16() else "float32"
+    raise ConfigError(
+        f"--precision float16 needs a GPU (TensorFlow sees none here): use --precision {other}"
+    )
+
+
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU has bfloat16 arithmetic (x86 AVX512_BF16 or AMX-BF16; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 class Predictor:
     """Predicts class probabilities and classes with one or more models and optional TTA.
 
     Args:
         models: one or more FCNs that predict the same classes.
         tta: a `TTA` setting, or None for a single plain view.
+        precision: 'float32', 'bfloat16' or 'float16': models are converted when needed
+            (see `kfcn.models.with_precision`; check the machine with `check_precision`);
+            None runs them as they are.
 
     Raises:
         ModelError: no models, or models that predict different numbers of classes.
     """
 
-    def __init__(self, models: Sequence[keras.Model], tta: TTA | None = None):
+    def __init__(
+        self,
+        models: Sequence[keras.Model],
+        tta: TTA | None = None,
+        precision: str | None = None,
+    ):
+        if precision is not None:
+            models = [with_precision(model, precision) for model in models]
         self.models = list(models)
         self.tta = tta
+        self.precision = precision or (model_precision(models[0]) if models else "float32")
         if not self.models:
             raise ModelError("no model to predict with")
         counts = {int(m.output.shape[-1]) for m in self.models}
@@ -155,8 +214,12 @@ class Predictor:
         return [self.probabilities(image).argmax(-1).astype(np.uint8) for image in images]
 
     def describe(self) -> dict:
-        """What produced the predictions: {"ensemble": N, "tta": {...} or None}."""
-        return {"ensemble": len(self.models), "tta": self.tta.as_dict() if self.tta else None}
+        """What produced the predictions: {"ensemble": N, "tta": {...} or None, "precision"}."""
+        return {
+            "ensemble": len(self.models),
+            "tta": self.tta.as_dict() if self.tta else None,
+            "precision": self.precision,
+        }
 
 
 def model_paths(models: str | Path | Sequence[str | Path], ensemble: bool = False) -> list[Path]:
@@ -188,18 +251,23 @@ def model_paths(models: str | Path | Sequence[str | Path], ensemble: bool = Fals
 
 
 def load_predictor(
-    models: str | Path | Sequence[str | Path], ensemble: bool = False, tta: TTA | None = None
+    models: str | Path | Sequence[str | Path],
+    ensemble: bool = False,
+    tta: TTA | None = None,
+    precision: str = "float32",
 ) -> tuple[Predictor, dict, list[Path]]:
-    """Load the models that MODEL arguments name into one `Predictor`.
+    """Load the models that MODEL arguments name into one `Predictor` at `precision`.
 
     Returns:
         `(predictor, info, paths)`: `info` is the first model's (class names, palette, ...).
 
     Raises:
         ModelError: a model cannot be loaded, or the members' class lists differ.
+        ConfigError: this machine cannot run `precision` (see `check_precision`).
     """
     from kfcn.models import load_model, model_info
 
+    check_precision(precision)
     paths = model_paths(models, ensemble)
     first = model_info(paths[0])
     for path in paths[1:]:
@@ -209,5 +277,5 @@ def load_predictor(
                 f"{path}: its classes {names} differ from {paths[0]}'s {first['class_names']}; "
                 "ensemble members must share one class list"
             )
-    loaded = [load_model(path)[0] for path in paths]
-    return Predictor(loaded, tta), first, paths
+    loaded = [load_model(path, precision)[0] for path in paths]
+    return Predictor(loaded, tta, precision), first, paths

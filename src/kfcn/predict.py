@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from kfcn.errors import DataError, ModelError
 from kfcn.images import encode_image, expand_inputs, read_image, write_atomic
-from kfcn.inference import TTA, Predictor, load_predictor
+from kfcn.inference import TTA, Predictor, check_precision, load_predictor
 from kfcn.models import make_info
 from kfcn.padding import batches_by_padded_size
 from kfcn.palette import IGNORE_LABEL, flat_palette
@@ -66,6 +66,7 @@ def predict_images(
     progress: bool = False,
     ensemble: bool = False,
     tta: TTA | None = None,
+    precision: str = "float32",
 ) -> PredictResult:
     """Predict a segmentation mask for each input image and write it (and an overlay) to `out_dir`.
 
@@ -84,6 +85,7 @@ def predict_images(
         progress: show a progress bar and print each failure on stderr as it happens.
         ensemble: a run directory stands for all its finished stages (averaged).
         tta: test-time augmentation (flip, scales; see `kfcn.inference`), or None.
+        precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
 
     Returns:
         The files written and the inputs that failed; unreadable inputs do not stop the others.
@@ -92,12 +94,13 @@ def predict_images(
         DataError: an output would replace an input file (checked before anything is written),
             or an output cannot be written.
         ModelError: the model cannot be loaded or has more than 255 classes.
+        ConfigError: this machine cannot run `precision`.
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files, problems = expand_inputs(inputs)
     targets = _plan_outputs(files, Path(out_dir), overlay)
-    predictor, info = _load(model, info, ensemble, tta)
+    predictor, info = _load(model, info, ensemble, tta, precision)
     palette = np.asarray(info["palette"], np.uint8).reshape(-1, 3)  # (C, 3)
     result = PredictResult(num_inputs=len(files) + len(problems))
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
@@ -166,11 +169,13 @@ def _plan_outputs(files: list[Path], out_dir: Path, overlay: bool) -> dict[Path,
     return targets
 
 
-def _load(model, info: dict | None, ensemble: bool, tta: TTA | None) -> tuple[Predictor, dict]:
+def _load(
+    model, info: dict | None, ensemble: bool, tta: TTA | None, precision: str
+) -> tuple[Predictor, dict]:
     if isinstance(model, keras.Model):
-        predictor = Predictor([model], tta)
+        predictor = Predictor([model], tta, check_precision(precision))
     else:
-        predictor, stored, _ = load_predictor(model, ensemble, tta)
+        predictor, stored, _ = load_predictor(model, ensemble, tta, precision)
         info = info or stored
     num_classes = predictor.num_classes
     if info is None:
