@@ -38,8 +38,6 @@ import tensorflow as tf
 from kfcn import __version__
 from kfcn.errors import ModelError
 from kfcn.fileio import publish, temp_path
-from kfcn.models import backbones as _backbones  # noqa: F401  (registers the preprocessing layers)
-from kfcn.models import fcn as _fcn  # noqa: F401  (registers BilinearUpsampling)
 from kfcn.palette import VOC_CLASSES, voc_colormap
 
 METADATA_MEMBER = "metadata.json"
