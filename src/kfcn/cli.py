@@ -417,8 +417,32 @@ def train(
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write an HTML report, DIR/index.html: metrics, charts, worst and best images.",
+)
+@click.option(
+    "--report-images",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="--report: how many worst and how many best images to show.",
+)
 def evaluate(
-    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images
+    split,
+    data_dir,
+    models,
+    ensemble,
+    tta,
+    tta_scales,
+    out,
+    batch_size,
+    max_images,
+    report_dir,
+    report_images,
 ) -> None:
     """Score a model on every image of a prepared split, each at its original resolution.
 
@@ -426,19 +450,33 @@ def evaluate(
     confusion matrix over the split, label 255 ignored) and the IoU of every class, then writes
     them as JSON with the confusion matrix, and a picture of the row-normalised matrix.
     The table and the JSON name the model(s) and the TTA setting that produced the numbers.
+    `--report DIR` adds a static HTML page with per-class IoU bars, the confusion matrix and
+    the worst and best images (image | ground truth | prediction).
     """
     from kfcn.evaluate import default_report_path, evaluate_model, format_table, write_report
     from kfcn.inference import TTA, parse_scales
+    from kfcn.report import Gallery, write_evaluation_page
 
     if out is not None and out.suffix.lower() != ".json":
         raise click.BadParameter(f"{out}: expected a .json file name", param_hint="--out")
     setting = TTA(scales=parse_scales(tta_scales)) if tta else None
+    gallery = Gallery(report_images) if report_dir is not None else None
     report = evaluate_model(
-        models, data_dir, split, batch_size, max_images, True, ensemble=ensemble, tta=setting
+        models,
+        data_dir,
+        split,
+        batch_size,
+        max_images,
+        True,
+        ensemble=ensemble,
+        tta=setting,
+        on_image=gallery.add if gallery else None,
     )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or default_report_path(report["model"], split))
     click.echo(f"wrote {json_path} and {png_path}")
+    if gallery is not None:
+        click.echo(f"wrote {write_evaluation_page(report, gallery, report_dir)}")
 
 
 @main.command(short_help="Write colour-palette segmentation masks for images.")

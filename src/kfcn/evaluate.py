@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ def confusion_over_split(
     max_images: int | None = None,
     progress: bool = False,
     batch_size: int = 1,
+    on_image: Callable | None = None,
 ) -> tuple[ConfusionMatrix, int]:
     """Run `model` over every record of `split` and accumulate one confusion matrix.
 
@@ -48,6 +49,8 @@ def confusion_over_split(
     the same padded size share a model call (`kfcn.padding.predict_classes`).
 
     `model` is a Keras model or a `kfcn.inference.Predictor` (an ensemble and/or TTA).
+    `on_image(id, image, label, pred)`, when given, sees every image, its (H, W) label and its
+    (H, W) prediction (`kfcn.report.Gallery.add`, `kfcn.summaries`).
 
     Returns:
         The confusion matrix accumulator and the number of images scored.
@@ -58,14 +61,18 @@ def confusion_over_split(
         dataset = dataset.take(max_images)
         total = min(total, max_images)
     predictor = model if isinstance(model, Predictor) else Predictor([model])
-    examples = ((ex["image"].numpy(), ex["label"].numpy()) for ex in dataset)
+    examples = (
+        (ex["image"].numpy(), ex["label"].numpy(), ex["id"].numpy().decode()) for ex in dataset
+    )
     cm = ConfusionMatrix(num_classes)
     count = 0
     with tqdm(total=total, desc=f"evaluate {split}", unit="img", disable=not progress) as bar:
         for batch in batches_by_padded_size(examples, batch_size, image_of=lambda ex: ex[0]):
-            preds = predictor.classes([image for image, _ in batch])  # (H_i, W_i) each
-            for (_, label), pred in zip(batch, preds, strict=True):
+            preds = predictor.classes([ex[0] for ex in batch])  # (H_i, W_i) each
+            for (image, label, image_id), pred in zip(batch, preds, strict=True):
                 cm.update(label, pred)
+                if on_image is not None:
+                    on_image(image_id, image, label, pred)
             count += len(batch)
             bar.update(len(batch))
     return cm, count
@@ -88,6 +95,7 @@ def evaluate_model(
     *,
     ensemble: bool = False,
     tta: TTA | None = None,
+    on_image: Callable | None = None,
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
@@ -101,6 +109,7 @@ def evaluate_model(
         progress: show a progress bar.
         ensemble: a run directory stands for all its finished stages (averaged).
         tta: test-time augmentation (flip, scales), or None.
+        on_image: called as `on_image(id, image, label, pred)` for every image scored.
 
     Returns:
         The report (see `make_report`), with `model` (the first file), `models` (all files) and
@@ -117,7 +126,7 @@ def evaluate_model(
     _check_classes(data_dir, paths[0], len(class_names))
     predictor, _, _ = load_predictor(paths, tta=tta)
     cm, count = confusion_over_split(
-        predictor, data_dir, split, len(class_names), max_images, progress, batch_size
+        predictor, data_dir, split, len(class_names), max_images, progress, batch_size, on_image
     )
     report = make_report(
         cm.matrix, class_names, count, model=paths[0], split=split, data_dir=data_dir

@@ -42,6 +42,7 @@ from kfcn.losses import MaskedSparseCrossEntropy
 from kfcn.metrics import MeanIoU, PixelAccuracy
 from kfcn.models import apply_freeze, build_fcn, make_info, save_model, transfer_weights
 from kfcn.palette import VOC_CLASSES, voc_colormap
+from kfcn.summaries import SegmentationSummaries
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 FINAL_MODEL = "final.keras"
@@ -332,4 +333,6 @@ def _callbacks(cfg, opts, out_dir: Path, chief: bool, counts: dict, save, echo) 
     callbacks.append(HistoryCSV(out_dir / "history.csv", write=chief))
     if chief and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False))
+        if counts["val"] > 0:  # per-class val IoU, and val images | truth | prediction
+            callbacks.append(SegmentationSummaries(out_dir / "logs", opts.data_dir, cfg))
     return callbacks
