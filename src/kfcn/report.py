@@ -234,7 +234,7 @@ figure {{ display: inline-block; margin: 0.4em; vertical-align: top; }}
 figure img {{ image-rendering: pixelated; height: 120px; border: 1px solid #ddd; }}
 figcaption {{ font-size: 0.85em; }}
 .note {{ color: #666; font-size: 0.9em; }}
-.charts img {{ max-width: 100%; vertical-align: top; }}
+.charts img {{ max-width: 49%; vertical-align: top; }}
 </style></head>
 <body>
 <h1>kfcn evaluation: {title}</h1>
@@ -243,9 +243,10 @@ figcaption {{ font-size: 0.85em; }}
 <h2>IoU per class and confusion matrix</h2>
 <div class=charts><img src="iou.png" alt="IoU per class">
 <img src="confusion.png" alt="confusion matrix"></div>
-<table><tr><th>class</th><th>IoU</th></tr>{classes}</table>
 {worst}
 {best}
+<h2>IoU per class</h2>
+<table><tr><th>class</th><th>IoU</th></tr>{classes}</table>
 <p class=note>kfcn {version}</p>
 </body></html>
 """
@@ -289,7 +290,9 @@ def write_html_report(report: dict, gallery: Gallery, out_dir: str | Path, palet
     )
     n = gallery.n
     page = PAGE.format(
-        title=html.escape(f"{Path(str(report.get('model', '?'))).name} on {report.get('split')}"),
+        title=html.escape(
+            f"{'/'.join(Path(str(report.get('model', '?'))).parts[-2:])} on {report.get('split')}"
+        ),
         metrics=metrics,
         settings=settings,
         classes=classes,
