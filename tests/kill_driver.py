@@ -27,15 +27,18 @@ def _kill() -> None:
 
 
 def install(moment: str, epoch: int) -> None:
-    from kfcn import callbacks, evaluate
+    from kfcn import callbacks
 
-    score_split = evaluate.score_split
+    validation_init = callbacks.Validation.__init__
 
-    def rising_score(model, *args, **kwargs):
-        scores = score_split(model, *args, **kwargs)
-        return {**scores, "mean_iou": scores["mean_iou"] + int(model.optimizer.iterations)}
+    def rising_validation(self, score_fn, best=-1.0):
+        def rising_score(model):
+            scores = score_fn(model)
+            return {**scores, "mean_iou": scores["mean_iou"] + int(model.optimizer.iterations)}
 
-    evaluate.score_split = rising_score
+        validation_init(self, rising_score, best)
+
+    callbacks.Validation.__init__ = rising_validation
 
     if moment == "mid-epoch":
         original = callbacks.StopOnNonFinite.on_train_batch_end

@@ -1,6 +1,7 @@
 """`make demo` end to end, with the same commands and fewer training steps."""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -22,6 +23,7 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path):
             f"DEMO={demo}",
             f"DEMO_SET={shorter}",
             "DEMO_EPOCHS=fcn32:1 fcn16:1 fcn8:1",
+            "DEMO_DATA=--size 64-96x80-128 --sbd-train 240",  # the small default images
         ],
         cwd=REPO,
         capture_output=True,
@@ -38,6 +40,10 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path):
     assert 0.0 <= report["mean_iou"] <= 1.0
     assert "all_background" in report and "all-background" in out
     assert (demo / "evaluation" / "val.png").is_file()
+    page = (demo / "report" / "index.html").read_text()
+    pictures = re.findall(r'<img src="([^"]+)"', page)
+    assert len(pictures) == 2 + 2 * 8  # charts, 8 worst and 8 best images
+    assert all((demo / "report" / p).is_file() for p in pictures)
     masks = sorted((demo / "predictions").glob("*.png"))
     masks = [m for m in masks if "_overlay" not in m.name]
     assert len(masks) == 4

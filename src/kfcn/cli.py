@@ -499,8 +499,33 @@ def train(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
 @PRECISION_OPTION
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write an HTML report, DIR/index.html: metrics, charts, worst and best images.",
+)
+@click.option(
+    "--report-images",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="--report: how many worst and how many best images to show.",
+)
 def evaluate(
-    split, data_dir, models, ensemble, tta, tta_scales, out, batch_size, max_images, precision
+    split,
+    data_dir,
+    models,
+    ensemble,
+    tta,
+    tta_scales,
+    out,
+    batch_size,
+    max_images,
+    precision,
+    report_dir,
+    report_images,
 ) -> None:
     """Score a model on every image of a prepared split, each at its original resolution.
 
@@ -508,6 +533,8 @@ def evaluate(
     confusion matrix over the split, label 255 ignored) and the IoU of every class, then writes
     them as JSON with the confusion matrix, and a picture of the row-normalised matrix.
     The table and the JSON name the model(s) and the TTA setting that produced the numbers.
+    `--report DIR` adds a static HTML page with per-class IoU bars, the confusion matrix and
+    the worst and best images (image | ground truth | prediction).
     """
     from kfcn.evaluate import evaluate_model, format_table, report_path_of, write_report
     from kfcn.inference import TTA, parse_scales
@@ -518,6 +545,11 @@ def evaluate(
     _check_default("data_dir", "--data-dir DIR (or set KFCN_DATA_DIR)", "prepared records")
     _check_default("models", "--model MODEL (or set KFCN_RUN_DIR)", "run directory")
     _echo_devices()
+    gallery = None
+    if report_dir is not None:
+        from kfcn.report import Gallery  # matplotlib: only for --report
+
+        gallery = Gallery(report_images)
     report = evaluate_model(
         models,
         data_dir,
@@ -528,10 +560,15 @@ def evaluate(
         ensemble=ensemble,
         tta=setting,
         precision=precision,
+        on_image=gallery.add if gallery else None,
     )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or report_path_of(report))
     click.echo(f"wrote {json_path} and {png_path}")
+    if gallery is not None:
+        from kfcn.report import write_evaluation_page
+
+        click.echo(f"wrote {write_evaluation_page(report, gallery, report_dir)}")
 
 
 @main.command(short_help="Write colour-palette segmentation masks for images.")

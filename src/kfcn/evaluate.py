@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ def confusion_over_split(
     max_images: int | None = None,
     progress: bool = False,
     batch_size: int = 1,
+    on_image: Callable | None = None,
 ) -> tuple[ConfusionMatrix, int]:
     """Run `model` over every record of `split` and accumulate one confusion matrix.
 
@@ -51,6 +52,8 @@ def confusion_over_split(
     shows the images per second.
 
     `model` is a Keras model or a `kfcn.inference.Predictor` (an ensemble and/or TTA).
+    `on_image(id, image, label, pred)`, when given, sees every image, its (H, W) label and its
+    (H, W) prediction (`kfcn.report.Gallery.add`, `kfcn.summaries`).
 
     Returns:
         The confusion matrix accumulator and the number of images scored.
@@ -61,14 +64,18 @@ def confusion_over_split(
         dataset = dataset.take(max_images)
         total = min(total, max_images)
     predictor = model if isinstance(model, Predictor) else Predictor([model])
-    examples = ((ex["image"].numpy(), ex["label"].numpy()) for ex in dataset)
+    examples = (
+        (ex["image"].numpy(), ex["label"].numpy(), ex["id"].numpy().decode()) for ex in dataset
+    )
     cm = ConfusionMatrix(num_classes)
     count = 0
     with tqdm(total=total, desc=f"evaluate {split}", unit="img", disable=not progress) as bar:
         for batch in batches_by_padded_size(examples, batch_size, image_of=lambda ex: ex[0]):
-            preds = predictor.classes([image for image, _ in batch])  # (H_i, W_i) each
-            for (_, label), pred in zip(batch, preds, strict=True):
+            preds = predictor.classes([ex[0] for ex in batch])  # (H_i, W_i) each
+            for (image, label, image_id), pred in zip(batch, preds, strict=True):
                 cm.update(label, pred)
+                if on_image is not None:
+                    on_image(image_id, image, label, pred)
             count += len(batch)
             bar.update(len(batch))
             elapsed = bar.format_dict["elapsed"]
@@ -77,11 +84,16 @@ def confusion_over_split(
     return cm, count
 
 
+def summary_scores(cm: ConfusionMatrix) -> dict[str, float]:
+    """The four summary metrics of a confusion matrix (NaN, for no pixels, as 0)."""
+    scores = cm.scores()
+    return {k: float(np.nan_to_num(scores[k])) for k in SUMMARY_KEYS}
+
+
 def score_split(model, data_dir, split, num_classes, max_images=None) -> dict[str, float]:
     """The four summary metrics of `model` on `split` (what training validation logs)."""
     cm, _ = confusion_over_split(model, data_dir, split, num_classes, max_images)
-    scores = cm.scores()
-    return {k: float(np.nan_to_num(scores[k])) for k in SUMMARY_KEYS}
+    return summary_scores(cm)
 
 
 def evaluate_model(
@@ -95,6 +107,7 @@ def evaluate_model(
     ensemble: bool = False,
     tta: TTA | None = None,
     precision: str = "float32",
+    on_image: Callable | None = None,
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
@@ -109,6 +122,7 @@ def evaluate_model(
         ensemble: a run directory stands for all its finished stages (averaged).
         tta: test-time augmentation (flip, scales), or None.
         precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
+        on_image: called as `on_image(id, image, label, pred)` for every image scored.
 
     Returns:
         The report (see `make_report`), with `model` (the first file), `models` (all files),
@@ -125,7 +139,7 @@ def evaluate_model(
     _check_classes(data_dir, paths[0], class_names)
     predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
     cm, count = confusion_over_split(
-        predictor, data_dir, split, len(class_names), max_images, progress, batch_size
+        predictor, data_dir, split, len(class_names), max_images, progress, batch_size, on_image
     )
     report = make_report(
         cm.matrix, class_names, count, model=paths[0], split=split, data_dir=data_dir

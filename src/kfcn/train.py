@@ -33,6 +33,7 @@ from kfcn.metrics import MeanIoU, PixelAccuracy
 from kfcn.models import apply_freeze, build_fcn, make_info, save_model, transfer_weights
 from kfcn.palette import VOC_CLASSES, voc_colormap
 from kfcn.runs import CONFIG_FILE, FINAL_MODEL, LOGS_DIR
+from kfcn.summaries import SegmentationSummaries
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
@@ -380,12 +381,20 @@ def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, sav
     ]
     if not chief:  # workers only train; the chief validates once and writes everything
         return callbacks
+    summaries = None
+    if tensorboard_available() and counts["val"] > 0:
+        # Per-class val IoU and val images | truth | prediction, from validation's own pass.
+        summaries = SegmentationSummaries(stage_dir / LOGS_DIR, opts.data_dir, cfg)
     validation = None
     if cfg.train.validate and counts["val"] > 0:
         best = (state or {}).get("best") or {}
+        score = summaries.score if summaries else None
         validation = Validation(
-            lambda m: score_split(
-                m, opts.data_dir, "val", cfg.model.num_classes, max_images=cfg.train.val_images
+            score
+            or (
+                lambda m: score_split(
+                    m, opts.data_dir, "val", cfg.model.num_classes, max_images=cfg.train.val_images
+                )
             ),
             best=best.get("val_mean_iou", -1.0),
         )
@@ -393,4 +402,6 @@ def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, sav
     callbacks.append(EpochCommit(stage_dir, validation, save))
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(stage_dir / LOGS_DIR), write_graph=False))
+    if summaries is not None:
+        callbacks.append(summaries)
     return callbacks

@@ -1,0 +1,115 @@
+"""TensorBoard pictures of training: what the model sees, not only how the loss moves.
+
+At the end of every epoch `SegmentationSummaries` scores the model on the val split (the same
+code as `kfcn evaluate`; when training validates, its `score` *is* the validation pass, so the
+split is scored once) and writes, into `logs/validation` beside the loss and mean IoU of
+Keras's own TensorBoard callback:
+
+    epoch_iou/CLASS     the IoU of every class (scalars; classes without pixels are skipped)
+    val_images/ID       a few fixed val images, each as image | ground truth | prediction in the
+                        data's palette (`kfcn.report.triptych`)
+
+The images are the first `num_images` records of the split, so every epoch shows the same ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfcn.data import records
+from kfcn.evaluate import confusion_over_split, summary_scores
+from kfcn.metrics import scores
+from kfcn.palette import VOC_CLASSES, voc_colormap
+from kfcn.report import triptych
+
+IMAGES_TAG = "val_images"
+IOU_TAG = "epoch_iou"
+
+
+def data_classes(data_dir: str | Path, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """Class names and (C, 3) palette of prepared data: meta.json's, else VOC's or class_i."""
+    meta = records.read_meta(data_dir)
+    names = [str(n) for n in meta.get("class_names") or []]
+    if len(names) != num_classes:
+        voc = num_classes == len(VOC_CLASSES)
+        names = list(VOC_CLASSES) if voc else [f"class_{i}" for i in range(num_classes)]
+    palette = meta.get("palette")
+    if not palette or len(palette) != num_classes:
+        palette = voc_colormap(num_classes)
+    return names, np.asarray(palette, np.uint8).reshape(-1, 3)
+
+
+class SegmentationSummaries(keras.callbacks.Callback):
+    """Writes per-class val IoU and a few val predictions to TensorBoard after every epoch.
+
+    Args:
+        log_dir: the stage's TensorBoard folder; events go to `log_dir/validation`.
+        data_dir: prepared data with a `split` split.
+        cfg: the run's `kfcn.config.Config`: `model.num_classes` classes, and only the first
+            `train.val_images` images are scored (all when None), as in validation.
+        split: the split to score and show.
+        num_images: how many of its first images to show.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        data_dir: str | Path,
+        cfg,
+        split: str = "val",
+        num_images: int = 3,
+    ):
+        super().__init__()
+        self.log_dir = Path(log_dir) / "validation"
+        self.data_dir = data_dir
+        self.split = split
+        self.num_images = num_images
+        self.max_images = cfg.train.val_images
+        self.names, self.palette = data_classes(data_dir, cfg.model.num_classes)
+        self._writer = None
+        self._pass = None
+
+    def score(self, model) -> dict[str, float]:
+        """Validation's score function: one pass over the split that also keeps this epoch's
+        per-class IoU and pictures for `on_epoch_end`. Returns what `score_split` returns."""
+        self._pass = self._run(model)
+        return summary_scores(self._pass[0])
+
+    def _run(self, model):
+        shown: list[tuple[str, np.ndarray]] = []
+
+        def keep(image_id, image, label, pred) -> None:
+            if len(shown) < self.num_images:
+                shown.append((image_id, triptych(image, label, pred, self.palette)))
+
+        cm, _ = confusion_over_split(
+            model, self.data_dir, self.split, len(self.names), self.max_images, on_image=keep
+        )
+        return cm, shown
+
+    def on_epoch_end(self, epoch, logs=None):
+        done, self._pass = self._pass, None
+        if logs is not None and not math.isfinite(float(logs.get("loss", 0.0))):
+            return
+        cm, shown = done or self._run(self.model)
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(
+                str(self.log_dir), filename_suffix=".summaries.v2"
+            )
+        with self._writer.as_default(step=epoch):
+            for name, iou in zip(self.names, scores(cm.matrix)["per_class_iou"], strict=True):
+                if not math.isnan(iou):
+                    tf.summary.scalar(f"{IOU_TAG}/{name}", float(iou))
+            for image_id, picture in shown:
+                tf.summary.image(f"{IMAGES_TAG}/{image_id}", picture[None], max_outputs=1)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
