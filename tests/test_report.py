@@ -100,7 +100,9 @@ def tiny(tmp_path_factory):
 
 def test_cli_report_dir(tiny, tmp_path):
     path, _, _ = tiny
-    write_shards(tmp_path / "data", "val", 5, size=(40, 56), num_classes=4, seed=3)
+    write_shards(
+        tmp_path / "data", "val", 5, size=(40, 56), num_classes=4, seed=3, class_names=CLASS_NAMES
+    )
     out = tmp_path / "report"
     result = CliRunner().invoke(
         main,
