@@ -65,6 +65,15 @@ SET_OPTION = click.option(
 )
 
 # Options shared by `evaluate` and `predict`.
+DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DATA_DIR,
+    show_default=True,
+    envvar="KFCN_DATA_DIR",
+    show_envvar=True,
+    help="Directory written by `kfcn prepare` (train-*.tfrecord, val-*.tfrecord, meta.json).",
+)
 MODELS_OPTION = click.option(
     "--model",
     "models",
@@ -402,18 +411,10 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
     "--stage",
     required=True,
     type=click.Choice(["fcn32", "fcn16", "fcn8"]),
-    help="fcn32 starts from VGG16 (model.backbone_weights); fcn16 from this run's "
-    "fcn32, fcn8 from its fcn16 (or --init).",
+    help="fcn32 starts from the backbone (model.backbone, model.backbone_weights); fcn16 from "
+    "this run's fcn32, fcn8 from its fcn16 (or --init).",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DATA_DIR,
-    show_default=True,
-    envvar="KFCN_DATA_DIR",
-    show_envvar=True,
-    help="Directory written by `kfcn prepare` (train-*.tfrecord, val-*.tfrecord).",
-)
+@DATA_DIR_OPTION
 @click.option(
     "--run-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -473,15 +474,7 @@ def train(
 
 @main.command(short_help="Score a model on a split: pixel acc, mean acc, mean IoU, fw IoU.")
 @click.option("--split", default="val", show_default=True, help="Any split in --data-dir.")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DATA_DIR,
-    show_default=True,
-    envvar="KFCN_DATA_DIR",
-    show_envvar=True,
-    help="Directory written by `kfcn prepare`.",
-)
+@DATA_DIR_OPTION
 @MODELS_OPTION
 @ENSEMBLE_OPTION
 @TTA_OPTION

@@ -37,6 +37,46 @@ def add_weight_decay(layers, weight_decay: float) -> None:
         layer.kernel.regularizer = reg
 
 
+class Float32Preprocess(keras.layers.Layer):
+    """Base of the backbones' preprocessing layers: shape-preserving, and always float32 (even
+    under a mixed-precision policy) so the arithmetic on 0-255 pixels is exact; the first
+    convolution casts afterwards."""
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)  # fixed to float32 by __init__
+        return config
+
+
+def application_features(application, preprocess, images, weight_decay: float, features: dict):
+    """A `keras.applications` network (no top) on `preprocess(images)`, its stride features.
+
+    Built on our tensor, the application's layers join the FCN's graph with their Keras names, so
+    ImageNet weights, stage transfer and freeze patterns all work by layer name.
+
+    Args:
+        application: e.g. `keras.applications.ResNet50`.
+        preprocess: the backbone's preprocessing layer (named "preprocess").
+        images: (B, H, W, 3) RGB 0-255.
+        weight_decay: L2 strength put on every kernel.
+        features: stride -> name of the layer whose output is that stride's features.
+
+    Returns:
+        Feature maps by stride.
+    """
+    x = preprocess(images)
+    app = application(include_top=False, weights=None, input_tensor=x)
+    add_weight_decay(app.layers, weight_decay)
+    return {stride: app.get_layer(name).output for stride, name in features.items()}
+
+
 def fcn_head(x, weight_decay: float, dropout: float):
     """torchvision's `FCNHead` without its last 1x1 convolution (that is kfcn's `score_fr`):
     3x3 convolution to a quarter of the channels (no bias), batch norm, ReLU, dropout.

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import keras
 
-from kfcn.models.backbones.common import add_weight_decay, application_weights, fcn_head
+from kfcn.models.backbones.common import (
+    Float32Preprocess,
+    application_features,
+    application_weights,
+    fcn_head,
+)
 
 NAME = "mobilenetv2"
 LABEL = "MobileNetV2"
@@ -21,28 +26,16 @@ _WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.
 
 
 @keras.saving.register_keras_serializable(package="kfcn")
-class MobileNetPreprocess(keras.layers.Layer):
+class MobileNetPreprocess(Float32Preprocess):
     """MobileNetV2's input preprocessing: x / 127.5 - 1.
 
     Input (B, H, W, 3) RGB in 0-255; output (B, H, W, 3) float32 in [-1, 1]. Like
     `VGGPreprocess` it always computes in float32; the first convolution casts afterwards.
     """
 
-    def __init__(self, **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-
     def call(self, images):
         images = keras.ops.cast(images, "float32")  # (B, H, W, 3) RGB
         return images / 127.5 - 1.0
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("dtype", None)  # fixed to float32 by __init__
-        return config
 
 
 def features(images, weight_decay: float) -> dict:
@@ -51,11 +44,10 @@ def features(images, weight_decay: float) -> dict:
     Returns:
         Feature maps by stride: 4 (B, H/4, W/4, 24), 8 (32), 16 (96), 32 (1280 channels).
     """
-    x = MobileNetPreprocess(name="preprocess")(images)  # (B, H, W, 3) in [-1, 1]
-    # As for ResNet-50: the application's layers join the FCN's graph under their Keras names.
-    app = keras.applications.MobileNetV2(include_top=False, weights=None, input_tensor=x)
-    add_weight_decay(app.layers, weight_decay)
-    return {stride: app.get_layer(name).output for stride, name in FEATURES.items()}
+    preprocess = MobileNetPreprocess(name="preprocess")  # (B, H, W, 3) in [-1, 1]
+    return application_features(
+        keras.applications.MobileNetV2, preprocess, images, weight_decay, FEATURES
+    )
 
 
 def head(x, weight_decay: float, dropout: float):

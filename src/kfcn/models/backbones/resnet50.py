@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from kfcn.models.backbones.common import add_weight_decay, application_weights, fcn_head
+from kfcn.models.backbones.common import application_features, application_weights, fcn_head
 from kfcn.models.backbones.vgg16 import VGGPreprocess
 
 NAME = "resnet50"
@@ -31,12 +31,10 @@ def features(images, weight_decay: float) -> dict:
     Returns:
         Feature maps by stride: 4 (B, H/4, W/4, 256), 8 (512), 16 (1024), 32 (2048 channels).
     """
-    x = VGGPreprocess(name="preprocess")(images)  # (B, H, W, 3) zero-mean BGR
-    # Built on our tensor, the application's layers join the FCN's graph with their Keras names,
-    # so ImageNet weights, stage transfer and freeze patterns all work by layer name.
-    app = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=x)
-    add_weight_decay(app.layers, weight_decay)
-    return {stride: app.get_layer(name).output for stride, name in FEATURES.items()}
+    preprocess = VGGPreprocess(name="preprocess")  # (B, H, W, 3) zero-mean BGR
+    return application_features(
+        keras.applications.ResNet50, preprocess, images, weight_decay, FEATURES
+    )
 
 
 def head(x, weight_decay: float, dropout: float):

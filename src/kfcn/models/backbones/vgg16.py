@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from kfcn.errors import ModelError
+from kfcn.models.backbones.common import Float32Preprocess
 from kfcn.models.backbones.common import l2 as _l2
 from kfcn.padding import IMAGENET_MEAN_RGB
 
@@ -30,7 +31,7 @@ CONV_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, 
 
 
 @keras.saving.register_keras_serializable(package="kfcn")
-class VGGPreprocess(keras.layers.Layer):
+class VGGPreprocess(Float32Preprocess):
     """VGG16's input preprocessing: RGB -> BGR, then subtract the ImageNet mean (BGR order).
 
     Input (B, H, W, 3) RGB in 0-255; output (B, H, W, 3) float32, zero-mean BGR. It always computes
@@ -39,7 +40,6 @@ class VGGPreprocess(keras.layers.Layer):
     """
 
     def __init__(self, **kwargs):
-        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         self.mean_bgr = tuple(reversed(IMAGENET_MEAN_RGB))
 
@@ -47,14 +47,6 @@ class VGGPreprocess(keras.layers.Layer):
         images = keras.ops.cast(images, "float32")  # (B, H, W, 3) RGB
         bgr = keras.ops.flip(images, axis=-1)
         return bgr - keras.ops.convert_to_tensor(self.mean_bgr, "float32")
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("dtype", None)  # fixed to float32 by __init__
-        return config
 
 
 def vgg16_features(images, weight_decay: float) -> dict:
