@@ -262,7 +262,10 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
 
 def model_precision(model: keras.Model) -> str:
     """The `--precision` name of a model's convolutions ('float32', 'bfloat16', 'float16'), or
-    their Keras dtype policy name when it is none of these (e.g. 'mixed_bfloat16')."""
+    their Keras dtype policy name when it is none of these (e.g. 'mixed_bfloat16'). Anything
+    that is not a Keras model (a stand-in that only predicts) counts as float32."""
+    if not isinstance(model, keras.Model):
+        return "float32"
     for layer in _all_layers(model)[::-1]:
         if isinstance(layer, keras.layers.Conv2D):
             name = layer.dtype_policy.name
