@@ -21,27 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfcn.data import records
 from kfcn.evaluate import confusion_over_split, summary_scores
 from kfcn.metrics import scores
-from kfcn.palette import VOC_CLASSES, voc_colormap
 from kfcn.report import triptych
 
 IMAGES_TAG = "val_images"
 IOU_TAG = "epoch_iou"
-
-
-def data_classes(data_dir: str | Path, num_classes: int) -> tuple[list[str], np.ndarray]:
-    """Class names and (C, 3) palette of prepared data: meta.json's, else VOC's or class_i."""
-    meta = records.read_meta(data_dir)
-    names = [str(n) for n in meta.get("class_names") or []]
-    if len(names) != num_classes:
-        voc = num_classes == len(VOC_CLASSES)
-        names = list(VOC_CLASSES) if voc else [f"class_{i}" for i in range(num_classes)]
-    palette = meta.get("palette")
-    if not palette or len(palette) != num_classes:
-        palette = voc_colormap(num_classes)
-    return names, np.asarray(palette, np.uint8).reshape(-1, 3)
 
 
 class SegmentationSummaries(keras.callbacks.Callback):
@@ -50,8 +35,10 @@ class SegmentationSummaries(keras.callbacks.Callback):
     Args:
         log_dir: the stage's TensorBoard folder; events go to `log_dir/validation`.
         data_dir: prepared data with a `split` split.
-        cfg: the run's `kfcn.config.Config`: `model.num_classes` classes, and only the first
-            `train.val_images` images are scored (all when None), as in validation.
+        cfg: the run's `kfcn.config.Config`: only the first `train.val_images` images are
+            scored (all when None), as in validation.
+        class_names: the data's class names (`kfcn.train.dataset_classes`).
+        palette: their (C, 3) colours.
         split: the split to score and show.
         num_images: how many of its first images to show.
     """
@@ -61,6 +48,8 @@ class SegmentationSummaries(keras.callbacks.Callback):
         log_dir: str | Path,
         data_dir: str | Path,
         cfg,
+        class_names: list[str],
+        palette,
         split: str = "val",
         num_images: int = 3,
     ):
@@ -70,7 +59,8 @@ class SegmentationSummaries(keras.callbacks.Callback):
         self.split = split
         self.num_images = num_images
         self.max_images = cfg.train.val_images
-        self.names, self.palette = data_classes(data_dir, cfg.model.num_classes)
+        self.names = list(class_names)
+        self.palette = np.asarray(palette, np.uint8).reshape(-1, 3)
         self._writer = None
         self._pass = None
 

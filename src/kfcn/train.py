@@ -275,7 +275,7 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     def save(model_, path: Path, epoch: int) -> None:
         save_model(model_, path, {**info, "epoch": epoch})
 
-    callbacks = _callbacks(cfg, opts, stage_dir, chief, counts, state, save)
+    callbacks = _callbacks(cfg, opts, stage_dir, chief, counts, state, save, (names, palette))
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.train_dataset(
             opts.data_dir,
@@ -373,7 +373,7 @@ def _local_replicas(strategy) -> int:
     return len(strategy.extended.worker_devices)
 
 
-def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, save) -> list:
+def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, save, classes) -> list:
     """Nan guard, keyed dropout, then on the chief: validation, the epoch commit, TensorBoard."""
     callbacks: list[keras.callbacks.Callback] = [
         StopOnNonFinite(),
@@ -384,7 +384,7 @@ def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, sav
     summaries = None
     if tensorboard_available() and counts["val"] > 0:
         # Per-class val IoU and val images | truth | prediction, from validation's own pass.
-        summaries = SegmentationSummaries(stage_dir / LOGS_DIR, opts.data_dir, cfg)
+        summaries = SegmentationSummaries(stage_dir / LOGS_DIR, opts.data_dir, cfg, *classes)
     validation = None
     if cfg.train.validate and counts["val"] > 0:
         best = (state or {}).get("best") or {}
