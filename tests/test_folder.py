@@ -456,6 +456,7 @@ def test_train_takes_the_class_count_from_the_data(tmp_path, capsys):
 
 TINY = [
     "model.backbone_weights=none",
+    "model.widths=small",
     "data.crop_size=32",
     "train.batch_size=2",
     "train.epochs=1",

@@ -50,22 +50,23 @@ def tiny(tmp_path_factory):
     """A random 4-class FCN-8s (random score layers) and its .keras file."""
     folder = tmp_path_factory.mktemp("model")
     keras.utils.set_random_seed(0)
-    model = build_fcn("fcn8", num_classes=4, backbone_weights="none")
+    model = build_fcn("fcn8", num_classes=4, backbone_weights="none", widths="small")
     randomise_scores(model, seed=0)
     cfg = Config()
     cfg.model.num_classes = 4
+    cfg.model.backbone_weights, cfg.model.widths = "none", "small"
     path = save_model(model, folder / "tiny.keras", make_info("fcn8", cfg))
     yield path, model
     del model
     gc.collect()
-    shutil.rmtree(folder, ignore_errors=True)  # ~0.5 GB
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def symmetric():
     """An FCN-8s that commutes with a left-right flip (see `randomise_scores`)."""
     keras.utils.set_random_seed(1)
-    model = build_fcn("fcn8", num_classes=3, backbone_weights="none")
+    model = build_fcn("fcn8", num_classes=3, backbone_weights="none", widths="small")
     randomise_scores(model, seed=1, symmetric=True)
     yield model
     del model
@@ -129,7 +130,7 @@ def test_plain_predictor_is_predict_classes(tiny):
 
 def test_scales_change_nothing_on_a_constant_model():
     keras.utils.set_random_seed(2)
-    model = build_fcn("fcn8", num_classes=3, backbone_weights="none")
+    model = build_fcn("fcn8", num_classes=3, backbone_weights="none", widths="small")
     bias = np.array([0.2, 1.5, -0.4], np.float32)
     for name in SCORE_LAYERS:
         kernel, _ = model.get_layer(name).get_weights()

@@ -27,14 +27,17 @@ from kfcn.train import TrainOptions, train_stage
 
 from .shards import write_shards
 
+# The small network (model.widths: small): the same FCN at a fraction of VGG16's widths, so
+# the tests of training, resume and multi-worker runs pay seconds, not minutes, per stage.
 TINY = [
     "model.backbone_weights=none",
+    "model.widths=small",
     "data.crop_size=64",
     "train.batch_size=2",
     "train.epochs=1",
     "train.steps_per_epoch=2",
     "train.val_images=2",
-    # fc6 holds 102M of the 134M weights: frozen, the Adam state and checkpoints stay small.
+    # A frozen layer in every stage: freezing goes through each stage's build and checkpoints.
     "model.freeze.fcn32=[fc6]",
     "model.freeze.fcn16=[fc6]",
     "model.freeze.fcn8=[fc6]",

@@ -1,5 +1,5 @@
-"""A tiny random 4-class FCN-8s saved with its own class names and palette, for the inference
-tests of `predict` and `evaluate`."""
+"""A tiny random 4-class FCN-8s (the small network, `model.widths: small`) saved with its own
+class names and palette, for the inference tests of `predict` and `evaluate`."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ def save_tiny_model(folder: Path) -> tuple[Path, keras.Model, dict]:
     """A random FCN-8s with 4 classes and random score layers (so it predicts several classes),
     saved with a custom palette; returns its path, the model and its info."""
     keras.utils.set_random_seed(0)
-    model = build_fcn("fcn8", num_classes=4, backbone_weights="none")
+    model = build_fcn("fcn8", num_classes=4, backbone_weights="none", widths="small")
     rng = np.random.default_rng(0)
     for name in ("score_fr", "score_pool4", "score_pool3"):
         layer = model.get_layer(name)
         layer.set_weights([0.5 * rng.normal(size=w.shape) for w in layer.get_weights()])
     cfg = Config()
     cfg.model.num_classes = 4
+    cfg.model.backbone_weights, cfg.model.widths = "none", "small"
     info = make_info("fcn8", cfg, class_names=CLASS_NAMES, palette=PALETTE)
     return save_model(model, folder / "tiny.keras", info), model, info
 
@@ -44,4 +45,4 @@ def tiny_model(
     yield path, model, info
     del model
     gc.collect()
-    shutil.rmtree(folder, ignore_errors=True)  # the model file is ~0.5 GB
+    shutil.rmtree(folder, ignore_errors=True)

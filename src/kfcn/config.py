@@ -24,6 +24,9 @@ from kfcn.fileio import atomic_write
 
 STAGES = ("fcn32", "fcn16", "fcn8")
 BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2")  # the modules of kfcn.models.backbones
+WIDTH_NAMES = ("small",)  # the named model.widths of kfcn.models.backbones.vgg16
+VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096, 4096)  # model.widths: blocks 1-5, fc6, fc7
+NUM_WIDTHS = len(VGG16_WIDTHS)
 
 
 def _opt(default: Any = None, help: str = "", **limits: Any) -> Any:
@@ -59,6 +62,13 @@ class ModelConfig:
     backbone: str = _opt("vgg16", "the network under the FCN", choices=BACKBONE_NAMES)
     backbone_weights: str = _opt(
         "imagenet", "'imagenet', 'none' (random init) or a path to a Keras weights file"
+    )
+    # The same FCN at other widths: the tests and the demo train the `small` one in seconds.
+    widths: list | str | None = _opt(
+        None,
+        "vgg16 filters of blocks 1-5, fc6, fc7: null = VGG16's [64, 128, 256, 512, 512, 4096, "
+        "4096], 'small' = [16, 32, 64, 128, 128, 256, 256], or a list of 7 positive ints",
+        widths=True,
     )
     dropout: float = _opt(
         0.5, "dropout rate after fc6 and fc7 (vgg16) or in the FCN head", min=0.0, max=0.99
@@ -133,6 +143,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         if optional:
             return None
         raise bad(f"a {base.__name__}")
+    if meta.get("widths"):
+        return _check_widths(value, bad)
     if base is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -168,6 +180,23 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         near = f"{lower} or {upper}" if lower >= meta.get("min", step) else f"{upper}"
         raise bad(f"a multiple of {step}, e.g. {near}")
     return value
+
+
+def _check_widths(value: Any, bad) -> list | str:
+    allowed = f"null, {' or '.join(repr(n) for n in WIDTH_NAMES)}, or a list of {NUM_WIDTHS} " + (
+        "positive integers (filters of blocks 1-5, fc6, fc7)"
+    )
+    if isinstance(value, str):
+        if value not in WIDTH_NAMES:
+            raise bad(allowed)
+        return value
+    if (
+        not isinstance(value, list)
+        or len(value) != NUM_WIDTHS
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)
+    ):
+        raise bad(allowed)
+    return list(value)
 
 
 def _check_stage_patterns(key: str, value: Any, stages: tuple, bad) -> dict:
@@ -274,6 +303,28 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"data.scale_min = {cfg.data.scale_min} is larger than data.scale_max = "
             f"{cfg.data.scale_max}; expected scale_min <= scale_max"
+        )
+    check_widths_fit(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.widths)
+
+
+def check_widths_fit(backbone: str, backbone_weights: Any, widths: Any) -> None:
+    """`model.widths` is for VGG16, and pretrained weights exist only at its default widths.
+
+    Raises:
+        ConfigError: widths on another backbone, or non-default widths with weights to load.
+    """
+    if widths is None or (isinstance(widths, list | tuple) and tuple(widths) == VGG16_WIDTHS):
+        return
+    if backbone != "vgg16":
+        raise ConfigError(
+            f"model.widths = {widths!r} is not allowed with model.backbone = {backbone!r}; "
+            "widths apply to vgg16 only: set model.widths: null"
+        )
+    if str(backbone_weights).strip().lower() != "none":
+        raise ConfigError(
+            f"model.widths = {widths!r} is not allowed with model.backbone_weights = "
+            f"{backbone_weights!r}: pretrained VGG16 weights exist at VGG16's own widths only; "
+            "set model.backbone_weights: none (random init) or model.widths: null"
         )
 
 

@@ -151,6 +151,7 @@ def build_stage_model(opts: TrainOptions, cfg: Config, source) -> tuple[keras.Mo
         weight_decay=cfg.train.weight_decay,
         dropout=cfg.model.dropout,
         train_upsampling=cfg.model.train_upsampling,
+        widths=cfg.model.widths,
     )
     if not from_backbone:
         transfer_weights(source, model)

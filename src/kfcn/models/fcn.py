@@ -20,7 +20,7 @@ import fnmatch
 import keras
 import numpy as np
 
-from kfcn.config import STAGES, ModelConfig
+from kfcn.config import STAGES, ModelConfig, check_widths_fit
 from kfcn.errors import ConfigError, ModelError
 from kfcn.models.backbones import backbone_of, get_backbone
 
@@ -115,6 +115,7 @@ def build_fcn(
     weight_decay: float = 1e-5,
     dropout: float = 0.5,
     train_upsampling: bool = False,
+    widths=None,
 ) -> keras.Model:
     """Build an FCN as a functional Keras model.
 
@@ -129,6 +130,9 @@ def build_fcn(
         weight_decay: L2 strength on every kernel (biases are not decayed).
         dropout: rate of `drop6` and `drop7` (VGG16) or `head_drop` (the others).
         train_upsampling: learn the transposed convolutions; otherwise they stay fixed bilinear.
+        widths: VGG16 only (`model.widths`): the filters of blocks 1-5, fc6 and fc7 as seven
+            ints, 'small' (16, 32, 64, 128, 128, 256, 256) or None for VGG16's own. Any widths
+            give the same layers, names and skips; pretrained weights need the default ones.
 
     Returns:
         Model mapping (B, H, W, 3) RGB images in 0-255, H and W multiples of 32, to
@@ -136,10 +140,13 @@ def build_fcn(
 
     Raises:
         ModelError: unknown variant, or backbone weights that cannot be loaded.
-        ConfigError: a bad number of classes, weight decay or dropout rate.
+        ConfigError: a bad number of classes, weight decay, dropout rate or widths.
     """
     _check_args(variant, num_classes, weight_decay, dropout)
     net = get_backbone(backbone)
+    check_widths_fit(backbone, backbone_weights, widths)
+    # Only backbones of adjustable width (VGG16) take `widths`; the others were refused above.
+    width_args = () if widths is None else (net.resolve_widths(widths),)
     if backbone_weights is None or not str(backbone_weights).strip():
         raise ConfigError(
             f"model.backbone_weights = {backbone_weights!r} is not allowed; expected 'imagenet', "
@@ -156,8 +163,8 @@ def build_fcn(
 
     # --- backbone and its stride-32 head (VGG16: fc6/fc7; the others: fcn_head)
     images = keras.Input((None, None, 3), name="image")  # (B, H, W, 3) RGB 0-255
-    features = net.features(images, wd)  # {8: (B, H/8, W/8, .), 16: ..., 32: ...}
-    top = net.head(features[32], wd, dropout)  # (B, H/32, W/32, channels)
+    features = net.features(images, wd, *width_args)  # {8: (B, H/8, W/8, .), 16: ..., 32: ...}
+    top = net.head(features[32], wd, dropout, *width_args)  # (B, H/32, W/32, channels)
     score_fr = _score(top, "score_fr", c, wd)  # (B, H/32, W/32, C)
 
     # --- decoder: skips from stride 16 (fcn16, fcn8) and stride 8 (fcn8)
@@ -193,6 +200,7 @@ def build_fcn_from_config(variant: str, model_cfg: ModelConfig, weight_decay: fl
         weight_decay=weight_decay,
         dropout=model_cfg.dropout,
         train_upsampling=model_cfg.train_upsampling,
+        widths=model_cfg.widths,
     )
 
 

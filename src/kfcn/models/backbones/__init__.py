@@ -10,6 +10,8 @@ A backbone module defines
                          what `score_fr` scores: fc6/fc7 for VGG16, `fcn_head` otherwise;
     pretrained_weights(weights) -> {layer name: weights}
                          ImageNet weights from `keras.applications` or a local file.
+A backbone of adjustable width (VGG16) also defines `resolve_widths(model.widths)` and takes the
+resolved widths as a last argument of `features` and `head`.
 `kfcn.models.fcn` builds FCN-32s/16s/8s from the strides alone. Adding a backbone is one new
 module and one line in BACKBONES.
 """

@@ -14,7 +14,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kfcn.errors import ModelError
+from kfcn.config import VGG16_WIDTHS, WIDTH_NAMES
+from kfcn.errors import ConfigError, ModelError
 from kfcn.models.backbones.common import Float32Preprocess
 from kfcn.models.backbones.common import l2 as _l2
 from kfcn.padding import IMAGENET_MEAN_RGB
@@ -28,6 +29,41 @@ FEATURES = {4: "block2_pool", 8: "block3_pool", 16: "block4_pool", 32: "block5_p
 # (block, number of 3x3 convolutions, filters) as in VGG16.
 BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 CONV_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, n + 1))
+
+# `model.widths`: the filters of blocks 1-5, then of fc6 and fc7. The same layers, names, strides
+# and skips at any width; only the default widths match the ImageNet weights.
+WIDTHS = VGG16_WIDTHS  # VGG16's own (64, 128, 256, 512, 512, 4096, 4096): 134 M weights
+# "small": 1/4 of VGG16's convolution widths and 1/16 of fc6/fc7's: 2.7 M weights in an FCN-8s
+# (134 M at VGG16's widths), ~20x fewer operations per pixel. It trains from scratch in minutes
+# on a CPU; the test suite and the demo use it.
+NAMED_WIDTHS = {"small": (16, 32, 64, 128, 128, 256, 256)}
+if tuple(NAMED_WIDTHS) != WIDTH_NAMES:  # config.py validates model.widths against that list
+    raise ImportError(f"kfcn.config.WIDTH_NAMES must list {tuple(NAMED_WIDTHS)}")
+
+
+def resolve_widths(widths) -> tuple[int, ...]:
+    """The seven widths that `model.widths` stands for: None -> VGG16's, a name -> its preset,
+    a sequence of seven positive ints -> itself.
+
+    Raises:
+        ConfigError: anything else (names the value and the valid forms).
+    """
+    if widths is None:
+        return WIDTHS
+    if isinstance(widths, str) and widths in NAMED_WIDTHS:
+        return NAMED_WIDTHS[widths]
+    if (
+        not isinstance(widths, str)
+        and hasattr(widths, "__len__")
+        and len(widths) == len(WIDTHS)
+        and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+    ):
+        return tuple(int(w) for w in widths)
+    raise ConfigError(
+        f"model.widths = {widths!r} is not allowed; expected null (VGG16's "
+        f"{list(WIDTHS)}), {' or '.join(repr(n) for n in NAMED_WIDTHS)} or a list of "
+        "7 positive integers (blocks 1-5, fc6, fc7)"
+    )
 
 
 @keras.saving.register_keras_serializable(package="kfcn")
@@ -49,16 +85,19 @@ class VGGPreprocess(Float32Preprocess):
         return bgr - keras.ops.convert_to_tensor(self.mean_bgr, "float32")
 
 
-def vgg16_features(images, weight_decay: float) -> dict:
+def vgg16_features(images, weight_decay: float, widths=WIDTHS) -> dict:
     """Apply preprocessing and the 13 VGG16 convolutions to `images` (B, H, W, 3) RGB 0-255.
+
+    Args:
+        widths: filters per block (the first five of `model.widths`); VGG16's by default.
 
     Returns:
         The pooled feature maps by layer name: `block3_pool` (B, H/8, W/8, 256), `block4_pool`
-        (B, H/16, W/16, 512) and `block5_pool` (B, H/32, W/32, 512).
+        (B, H/16, W/16, 512) and `block5_pool` (B, H/32, W/32, 512) at the default widths.
     """
     x = VGGPreprocess(name="preprocess")(images)
     pooled = {}
-    for block, convs, filters in BLOCKS:
+    for (block, convs, _), filters in zip(BLOCKS, widths[:5], strict=True):
         for i in range(1, convs + 1):
             x = keras.layers.Conv2D(
                 filters,
@@ -73,17 +112,19 @@ def vgg16_features(images, weight_decay: float) -> dict:
     return pooled
 
 
-def fully_convolutional_head(pool5, weight_decay: float, dropout: float):
+def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=(4096, 4096)):
     """fc6 (7x7 conv, 4096) and fc7 (1x1 conv, 4096), each with ReLU and dropout.
 
     Args:
         pool5: (B, h, w, 512) `block5_pool` features.
+        widths: the filters of fc6 and fc7 (VGG16's 4096 by default).
 
     Returns:
         (B, h, w, 4096) fc7 features after dropout.
     """
+    fc6_width, fc7_width = widths
     x = keras.layers.Conv2D(
-        4096,
+        fc6_width,
         7,
         padding="same",
         activation="relu",
@@ -92,7 +133,7 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float):
     )(pool5)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     x = keras.layers.Conv2D(
-        4096,
+        fc7_width,
         1,
         activation="relu",
         kernel_regularizer=_l2(weight_decay),
@@ -170,19 +211,24 @@ def imagenet_backbone_weights(weights: str) -> dict[str, list[np.ndarray]]:
 # --- the backbone interface (see kfcn.models.backbones)
 
 
-def features(images, weight_decay: float) -> dict:
+def features(images, weight_decay: float, widths=WIDTHS) -> dict:
     """Preprocessing and the VGG16 convolutions on `images` (B, H, W, 3) RGB 0-255.
 
+    Args:
+        widths: the seven `model.widths` (`resolve_widths`); VGG16's by default.
+
     Returns:
-        Feature maps by stride: 4 (B, H/4, W/4, 128), 8 (256), 16 (512) and 32 (512 channels).
+        Feature maps by stride: 4 (B, H/4, W/4, 128), 8 (256), 16 (512) and 32 (512 channels)
+        at the default widths (blocks 2-5's widths otherwise).
     """
-    pooled = vgg16_features(images, weight_decay)
+    pooled = vgg16_features(images, weight_decay, widths)
     return {stride: pooled[name] for stride, name in FEATURES.items()}
 
 
-def head(x, weight_decay: float, dropout: float):
-    """fc6/fc7 on the stride-32 features: (B, h, w, 512) -> (B, h, w, 4096)."""
-    return fully_convolutional_head(x, weight_decay, dropout)
+def head(x, weight_decay: float, dropout: float, widths=WIDTHS):
+    """fc6/fc7 on the stride-32 features: (B, h, w, 512) -> (B, h, w, 4096) at the default
+    widths (the last two of `widths` otherwise)."""
+    return fully_convolutional_head(x, weight_decay, dropout, widths[5:])
 
 
 pretrained_weights = imagenet_backbone_weights
