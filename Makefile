@@ -59,7 +59,7 @@ demo: install
 	@echo
 	@$(PY) -c 'import json, sys, pathlib; r = json.load(open(sys.argv[1])); \
 	    stage = pathlib.Path(r["model"]).parent.name; \
-	    print(f"{stage} mean IoU on the {r[\"num_images\"]} val images: {100 * r[\"mean_iou\"]:.2f} %")' \
+	    print("%s mean IoU on the %d val images: %.2f %%" % (stage, r["num_images"], 100 * r["mean_iou"]))' \
 	    $(DEMO)/evaluation/val.json
 	@echo "demo finished:"
 	@echo "  models        $(DEMO)/run/{fcn32,fcn16,fcn8}/final.keras"

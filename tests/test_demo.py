@@ -33,9 +33,10 @@ def test_make_demo_runs_the_whole_pipeline(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "demo finished" in out
+    report = json.loads((demo / "evaluation" / "val.json").read_text())
+    assert f"fcn8 mean IoU on the 60 val images: {100 * report['mean_iou']:.2f} %" in out
     for stage in ("fcn32", "fcn16", "fcn8"):
         assert (demo / "run" / stage / "final.keras").is_file(), stage
-    report = json.loads((demo / "evaluation" / "val.json").read_text())
     assert report["num_images"] == 60
     assert 0.0 <= report["mean_iou"] <= 1.0
     assert "all_background" in report and "all-background" in out
