@@ -106,3 +106,27 @@ def test_crop_size_must_be_a_multiple_of_32(value):
     with pytest.raises(ConfigError, match=rf"data.crop_size = {value} .*a multiple of 32"):
         load_config(None, [f"data.crop_size={value}"])
     assert load_config(None, ["data.crop_size=96"]).data.crop_size == 96
+
+
+def test_widths_take_a_name_or_seven_ints_and_need_random_init():
+    cfg = load_config(None, ["model.backbone_weights=none", "model.widths=small"])
+    assert cfg.model.widths == "small"
+    cfg = load_config(
+        None, ["model.backbone_weights=none", "model.widths=[8, 8, 16, 16, 16, 32, 32]"]
+    )
+    assert cfg.model.widths == [8, 8, 16, 16, 16, 32, 32]
+    # VGG16's own widths, spelled out, still take the ImageNet weights.
+    assert load_config(None, ["model.widths=[64, 128, 256, 512, 512, 4096, 4096]"])
+    with pytest.raises(
+        ConfigError,
+        match=r"model.widths = 'small' is not allowed with model.backbone_weights = 'imagenet'.*backbone_weights: none",
+    ):
+        load_config(None, ["model.widths=small"])
+    with pytest.raises(
+        ConfigError, match=r"model.backbone = 'resnet50'; widths apply to vgg16 only"
+    ):
+        load_config(
+            None, ["model.backbone=resnet50", "model.backbone_weights=none", "model.widths=small"]
+        )
+    with pytest.raises(ConfigError, match=r"--set model.widths=\[1, 2\]: model.widths = \[1, 2\]"):
+        load_config(None, ["model.backbone_weights=none", "model.widths=[1, 2]"])

@@ -20,6 +20,8 @@ from kfcn.export import export_model, parse_size
 from kfcn.models import build_fcn, make_info, save_model
 from kfcn.padding import predict_classes
 
+from .tiny_model import randomise_scores
+
 # tf.lite.Interpreter is deprecated in favour of the separate ai_edge_litert package, which
 # kfcn does not depend on; the built-in one still runs the files.
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
@@ -39,13 +41,7 @@ def exported(tmp_path_factory):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     model = build_fcn("fcn8", num_classes=3, backbone_weights="none", widths="small")
-    rng = np.random.default_rng(3)  # a seed whose masks hold all three classes
-    for name in ("score_fr", "score_pool4", "score_pool3"):
-        layer = model.get_layer(name)  # zero-initialised: random kernels give varied masks
-        kernel, bias = layer.get_weights()  # (kh, kw, in, out)
-        kernel = rng.normal(size=kernel.shape)
-        # Zero sum over the inputs: random features share a large mean that favours one class.
-        layer.set_weights([kernel - kernel.mean(axis=-2, keepdims=True), np.zeros_like(bias)])
+    randomise_scores(model, seed=3)  # random score layers: masks with several classes
     cfg = Config()
     cfg.model.num_classes = 3
     cfg.model.backbone_weights, cfg.model.widths = "none", "small"

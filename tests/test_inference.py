@@ -21,28 +21,7 @@ from kfcn.models import build_fcn, make_info, save_model
 from kfcn.padding import predict_classes, predict_logits
 
 from .shards import write_shards
-
-SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
-
-
-def randomise_scores(model, seed: int, symmetric: bool = False) -> None:
-    """Random score layers (they start at zero) whose kernels sum to zero over the input
-    channels: random VGG features share a large positive mean, which would otherwise give one
-    class everywhere. With `symmetric`, every convolution kernel is also made mirror-symmetric
-    left-right, so the network commutes with a left-right flip of an input whose width needs no
-    padding (the bilinear transposed convolutions are symmetric already)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.Conv2D) or not layer.get_weights():
-            continue
-        kernel, bias = layer.get_weights()  # (kh, kw, in, out), (out,)
-        if layer.name in SCORE_LAYERS:
-            kernel = rng.normal(size=kernel.shape)
-            kernel -= kernel.mean(axis=-2, keepdims=True)
-            bias = np.zeros_like(bias)
-        if symmetric:
-            kernel = (kernel + kernel[:, ::-1]) / 2
-        layer.set_weights([kernel, bias])
+from .tiny_model import SCORE_LAYERS, randomise_scores
 
 
 @pytest.fixture(scope="module")
