@@ -85,13 +85,30 @@ def precision(mode: str):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def parse_widths(text: str | None):
+    """`--widths`: None (VGG16's), a name such as 'small', or seven comma-separated ints."""
+    if text is None or not text.strip():
+        return None
+    if "," in text:
+        return [int(w) for w in text.split(",")]
+    return text.strip()
+
+
 def train_step_bench(
-    variant: str, batch: int, size: int, mode: str, warmup: int, repeats: int, peak: float
+    variant: str,
+    batch: int,
+    size: int,
+    mode: str,
+    warmup: int,
+    repeats: int,
+    peak: float,
+    widths=None,
 ) -> dict:
-    """Images/s and GFLOP/s of `model.train_on_batch` (forward + backward + Adam) on random data."""
+    """Images/s and GFLOP/s of `model.train_on_batch` (forward + backward + Adam) on random data.
+    `widths`: the network's `model.widths` (default VGG16's)."""
     keras.utils.set_random_seed(0)
     with precision(mode) as policy:
-        model = build_fcn(variant, backbone_weights="none")
+        model = build_fcn(variant, backbone_weights="none", widths=widths)
         model.compile(
             optimizer=keras.optimizers.Adam(1e-4),
             loss=MaskedSparseCrossEntropy(),
@@ -107,6 +124,7 @@ def train_step_bench(
     gflops = rate_stats(times, gflop)
     return {
         "variant": variant,
+        "widths": widths,
         "batch": batch,
         "size": size,
         "mode": mode,
@@ -122,12 +140,19 @@ def train_step_bench(
 
 
 def predict_bench(
-    variant: str, height: int, width: int, batch: int, warmup: int, repeats: int, peak: float
+    variant: str,
+    height: int,
+    width: int,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    peak: float,
+    widths=None,
 ) -> dict:
     """Latency of `predict_logits` on one image and throughput of `predict_classes` on `batch`
     images; FLOPs are those of the padded image (the model runs on the padded grid)."""
     keras.utils.set_random_seed(0)
-    model = build_fcn(variant, backbone_weights="none")
+    model = build_fcn(variant, backbone_weights="none", widths=widths)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     padded_h, padded_w = -(-height // 32) * 32, -(-width // 32) * 32
@@ -166,6 +191,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--widths", help="model.widths: small, or 7 comma-separated ints")
     args = parser.parse_args()
     print(f"machine: {describe_machine(machine_info())}")
     peak = peak_bench.run()["fp32_conv_gflops"]
@@ -174,7 +200,14 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             for mode in args.modes.split(","):
                 r = train_step_bench(
-                    variant, batch, args.size, mode, args.warmup, args.repeats, peak
+                    variant,
+                    batch,
+                    args.size,
+                    mode,
+                    args.warmup,
+                    args.repeats,
+                    peak,
+                    parse_widths(args.widths),
                 )
                 print(
                     f"train {variant} b{batch} {mode:8s} {fmt(r['images_per_s'], 2)} img/s "

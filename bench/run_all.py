@@ -43,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--modes", help="comma list of default,jit,mixed")
     parser.add_argument("--skip", default="", help=f"comma list of sections: {','.join(SECTIONS)}")
     parser.add_argument("--size", type=int, default=512, help="train crop / input side")
+    parser.add_argument(
+        "--widths", help="model.widths of the train and predict sections: small, or 7 ints a,b,..."
+    )
     parser.add_argument("--predict-size", default="375,500", help="predict image H,W")
     parser.add_argument("--predict-batch", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1, help="untimed model steps first")
@@ -78,7 +81,14 @@ def run(args) -> dict:
         result["train"] = []
         for variant, batch, mode in train_plan(args, gpu):
             r = model_bench.train_step_bench(
-                variant, batch, args.size, mode, args.warmup, args.repeats, peak
+                variant,
+                batch,
+                args.size,
+                mode,
+                args.warmup,
+                args.repeats,
+                peak,
+                model_bench.parse_widths(args.widths),
             )
             result["train"].append(r)
             print(
@@ -89,7 +99,14 @@ def run(args) -> dict:
     if "predict" not in skip:
         h, w = (int(v) for v in args.predict_size.split(","))
         r = model_bench.predict_bench(
-            "fcn8", h, w, args.predict_batch, args.warmup, args.repeats, peak
+            "fcn8",
+            h,
+            w,
+            args.predict_batch,
+            args.warmup,
+            args.repeats,
+            peak,
+            model_bench.parse_widths(args.widths),
         )
         result["predict"] = r
         print(
@@ -128,7 +145,7 @@ def run(args) -> dict:
         r = prepare_bench.run(
             os.environ.get("KFCN_REAL_DATA"),
             args.prepare_images,
-            2,
+            min(args.repeats, 2),  # each repeat is a `kfcn prepare` process
             sizes,
             None,
             rss_image_size=rss_hw,

@@ -40,6 +40,7 @@ def test_run_all_at_toy_sizes_writes_every_section(tmp_path):
     args = run_all.parse_args(
         [
             "--size=64",
+            "--widths=small",  # the sections' code paths, not VGG16's size
             "--variants=fcn8",
             "--batches=1",
             "--modes=default",
@@ -72,6 +73,7 @@ def test_run_all_at_toy_sizes_writes_every_section(tmp_path):
         "default",
         64,
     )
+    assert train["widths"] == "small"
     _positive_spread(train["images_per_s"])
     _positive_spread(train["gflops"])
     assert train["ratio_to_conv_peak"] > 0
