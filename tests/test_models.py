@@ -49,16 +49,18 @@ def _images(n, h, w, seed=0):
 
 @pytest.fixture(autouse=True)
 def _free_models():
-    """Keras models hold reference cycles; collect them so each test's ~0.6 GB is reused."""
+    """Keras models hold reference cycles; collect them so a full-size model's ~0.6 GB is reused."""
     yield
     gc.collect()
 
 
 @pytest.fixture(scope="module")
 def models():
-    """One randomly initialised model per variant (building one takes ~1 s and ~0.6 GB)."""
+    """One randomly initialised model per variant, of the small network (`widths="small"`: the
+    same layers, names, skips and upsampling at a fraction of VGG16's widths). The tests of
+    VGG16's own sizes build the full-size models themselves (`test_full_size_vgg16`)."""
     keras.utils.set_random_seed(0)
-    built = {v: build_fcn(v, backbone_weights="none") for v in VARIANTS}
+    built = {v: build_fcn(v, backbone_weights="none", widths="small") for v in VARIANTS}
     yield built
     built.clear()
     gc.collect()
@@ -84,6 +86,7 @@ def vgg16_weights_file(tmp_path_factory):
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, vgg)
     del vgg
+    gc.collect()
     yield path
     path.unlink()  # 0.55 GB; pytest keeps the last runs' temp folders
 
@@ -167,8 +170,24 @@ def test_bad_weights_files_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_parameter_counts(models, variant):
-    assert models[variant].count_params() == PARAMS[variant]
+def test_full_size_vgg16(variant):
+    """At VGG16's own widths: the paper's parameter counts and fc6/fc7 shapes, the layers of the
+    small network, and one forward at a size that is no square."""
+    keras.utils.set_random_seed(0)
+    model = build_fcn(variant, backbone_weights="none")
+    assert model.count_params() == PARAMS[variant]
+    assert model.get_layer("fc6").kernel.shape == (7, 7, 512, 4096)
+    assert model.get_layer("fc7").kernel.shape == (1, 1, 4096, 4096)
+    names = [f"block{b}_conv{i}" for b, n in _BLOCKS for i in range(1, n + 1)]
+    assert [model.get_layer(name).filters for name in names] == [
+        width
+        for (b, n), width in zip(_BLOCKS, (64, 128, 256, 512, 512), strict=True)
+        for _ in range(n)
+    ]
+    small = build_fcn(variant, backbone_weights="none", widths="small")
+    assert [layer.name for layer in model.layers] == [layer.name for layer in small.layers]
+    logits = model(_images(1, 32, 96), training=False)
+    assert tuple(logits.shape) == (1, 32, 96, 21) and logits.dtype == "float32"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -186,8 +205,8 @@ def test_layers_follow_the_paper(models, variant):
     for name in ["block1_conv1", "block5_conv3", "block5_pool", "fc6", "drop6", "fc7", "drop7"]:
         assert name in names
     assert "predictions" not in names and "fc1" not in names
-    assert model.get_layer("fc6").kernel.shape == (7, 7, 512, 4096)
-    assert model.get_layer("fc7").kernel.shape == (1, 1, 4096, 4096)
+    assert model.get_layer("fc6").kernel.shape == (7, 7, 128, 256)  # (7, 7, 512, 4096) full-size
+    assert model.get_layer("fc7").kernel.shape == (1, 1, 256, 256)
     assert model.get_layer("drop6").rate == 0.5
     for name in SCORES[variant]:
         weights = model.get_layer(name).get_weights()
@@ -215,6 +234,7 @@ def test_build_options_and_bad_values():
         "fcn16",
         num_classes=5,
         backbone_weights="none",
+        widths="small",
         weight_decay=0.0,
         dropout=0.1,
         train_upsampling=True,
@@ -231,7 +251,7 @@ def test_build_options_and_bad_values():
 
 
 def test_build_from_config():
-    cfg = ModelConfig(num_classes=3, backbone_weights="none", dropout=0.25)
+    cfg = ModelConfig(num_classes=3, backbone_weights="none", widths="small", dropout=0.25)
     model = build_fcn_from_config("fcn32", cfg, weight_decay=2e-4)
     assert model.output.shape[-1] == 3 and model.get_layer("drop7").rate == 0.25
     np.testing.assert_allclose(model.get_layer("fc6").kernel_regularizer.l2, 2e-4, rtol=1e-6)
@@ -278,7 +298,7 @@ def test_mixed_precision_output_is_float32():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = build_fcn("fcn8", backbone_weights="none")
+        model = build_fcn("fcn8", backbone_weights="none", widths="small")
         assert model.get_layer("fc7").compute_dtype == "float16"
         assert model.get_layer("preprocess").compute_dtype == "float32"
         logits = model(_images(1, 32, 32), training=False)
@@ -328,11 +348,13 @@ def saved_fcn16(models, tmp_path_factory):
     model = models["fcn16"]
     _randomise(model, SCORES["fcn16"], seed=3)
     folder = tmp_path_factory.mktemp("run")
-    path = save_model(model, folder / "fcn16.keras", make_info("fcn16", Config()))
+    cfg = Config()
+    cfg.model.backbone_weights, cfg.model.widths = "none", "small"
+    path = save_model(model, folder / "fcn16.keras", make_info("fcn16", cfg))
     x = _images(2, 64, 96)
     pool4 = model.get_layer("score_pool4").get_weights()
     yield path, x, model(x, training=False).numpy(), pool4
-    path.unlink()  # 0.54 GB
+    path.unlink()
 
 
 def test_save_load_round_trip(saved_fcn16):
@@ -352,6 +374,7 @@ def test_save_load_round_trip(saved_fcn16):
     assert got["variant"] == "fcn16" and got["class_names"][15] == "person"
     assert got["palette"][1] == [128, 0, 0] and len(got["palette"]) == 21
     assert got["config"]["model"]["freeze"] == Config().model.freeze
+    assert got["config"]["model"]["widths"] == "small"
     assert got["kfcn_version"]
 
 

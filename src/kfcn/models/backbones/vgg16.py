@@ -8,6 +8,7 @@ The stride-32 head is fc6/fc7 (`head`); the stride-16 and stride-8 skips are poo
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -213,7 +214,10 @@ def imagenet_backbone_weights(weights: str) -> dict[str, list[np.ndarray]]:
     """
     vgg16 = _imagenet_vgg16(weights)
     converted = convert_vgg16_weights(vgg16)
-    del vgg16  # ~0.5 GB, no longer needed
+    # ~0.5 GB, no longer needed; a Keras model holds reference cycles, so only the collector
+    # frees it before the FCN is built (measured: 3.9 GB peak RSS to build FCN-32s without it).
+    del vgg16
+    gc.collect()
     return converted
 
 
