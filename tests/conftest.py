@@ -1,5 +1,8 @@
 """Shared fixtures: quiet TensorFlow, and the real VOC/SBD sample files when KFCN_REAL_DATA is set."""
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -29,3 +32,26 @@ def _free_tmp_path(request):
     path = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _return_memory_after_each_module():
+    """Free what a test file's models held and hand it back to the system: TensorFlow's threads
+    allocate from several malloc arenas, and memory freed in one is not reused by another, so
+    without this a worker's peak grows with every full-size model it has seen."""
+    yield
+    gc.collect()
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)

@@ -152,11 +152,19 @@ def _kfcn(*args, env=None, **kwargs):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _driven_cmd(moment: str, epoch: int, *args) -> list[str]:
+    return [sys.executable, "-m", "tests.kill_driver", moment, str(epoch), "--", *map(str, args)]
+
+
+DRIVER_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
 def _driven(moment: str, epoch: int, *args) -> subprocess.CompletedProcess:
     """`kfcn ARGS` through tests/kill_driver.py, killing itself at MOMENT of EPOCH."""
-    cmd = [sys.executable, "-m", "tests.kill_driver", moment, str(epoch), "--", *map(str, args)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    cmd = _driven_cmd(moment, epoch, *args)
+    return subprocess.run(
+        cmd, cwd=REPO, env=DRIVER_ENV, capture_output=True, text=True, timeout=600
+    )
 
 
 def _assert_consistent(stage: Path) -> int:
@@ -185,8 +193,15 @@ def test_killed_at_any_moment_resumes_exactly(data_dir, tmp_path):
     def args(run):
         return ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", run, *sets]
 
-    reference = _driven("none", 0, *args(tmp_path / "reference"))
-    assert reference.returncode == 0, reference.stdout + reference.stderr
+    # The uninterrupted reference runs beside the killed runs (its own run folder).
+    reference = subprocess.Popen(
+        _driven_cmd("none", 0, *args(tmp_path / "reference")),
+        cwd=REPO,
+        env=DRIVER_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     run, stage = tmp_path / "run", tmp_path / "run" / "fcn32"
     for moment in ("mid-epoch", "validation", "checkpoint", "best"):
         killed = _driven(moment, 2, *args(run))
@@ -196,6 +211,8 @@ def test_killed_at_any_moment_resumes_exactly(data_dir, tmp_path):
     resumed = _driven("none", 0, *args(run))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from epoch 1" in resumed.stdout
+    reference_out = reference.communicate(timeout=600)[0]
+    assert reference.returncode == 0, reference_out
 
     rows = _history(stage / "history.csv")
     expected = _history(tmp_path / "reference" / "fcn32" / "history.csv")
