@@ -69,24 +69,42 @@ def models():
 # --- ImageNet weights (first: they need memory while the fixture models do not exist yet)
 
 
+# Keras VGG16's layers in order, with the shapes of their weights (kernel, bias).
+_VGG16_LAYERS = [("input_layer", [])]
+for _b, _n in _BLOCKS:
+    for _i in range(1, _n + 1):
+        _in = 3 if (_b, _i) == (1, 1) else (64, 128, 256, 512, 512)[_b - 1 - (_i == 1)]
+        _out = (64, 128, 256, 512, 512)[_b - 1]
+        _VGG16_LAYERS.append((f"block{_b}_conv{_i}", [(3, 3, _in, _out), (_out,)]))
+    _VGG16_LAYERS.append((f"block{_b}_pool", []))
+_VGG16_LAYERS += [
+    ("flatten", []),
+    ("fc1", [(25088, 4096), (4096,)]),
+    ("fc2", [(4096, 4096), (4096,)]),
+    ("predictions", [(4096, 1000), (1000,)]),
+]
+
+
 @pytest.fixture(scope="module")
 def vgg16_weights_file(tmp_path_factory):
     """A VGG16-with-top weights file in the legacy .h5 layout of the official ImageNet file
-    (vgg16_weights_tf_dim_ordering_tf_kernels.h5), with random weights, biases included."""
-    from keras.src.legacy.saving import legacy_h5_format
-
-    keras.utils.set_random_seed(1)
-    vgg = keras.applications.VGG16(include_top=True, weights=None)
+    (vgg16_weights_tf_dim_ordering_tf_kernels.h5: `layer_names` on the root, a group per layer
+    whose `weight_names` lists its arrays), with random weights, biases included. Written array
+    by array with h5py (a Keras VGG16 built to save it would hold 2 GB for the rest of the
+    process); Keras's own loader reading it back is what checks the layout."""
     rng = np.random.default_rng(1)
-    for layer in vgg.layers:
-        if layer.weights:
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.normal(size=bias.shape).astype(np.float32)])
     path = tmp_path_factory.mktemp("vgg") / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
     with h5py.File(path, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, vgg)
-    del vgg
-    gc.collect()
+        f.attrs["layer_names"] = [name.encode() for name, _ in _VGG16_LAYERS]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = keras.__version__.encode()
+        for name, shapes in sorted(_VGG16_LAYERS):
+            group = f.create_group(name)
+            names = [f"{name}/{w}" for w in ("kernel", "bias")[: len(shapes)]]
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for weight, shape in zip(names, shapes, strict=True):
+                scale = np.float32(1.0 if len(shape) == 1 else np.sqrt(2 / np.prod(shape[:-1])))
+                group[weight] = scale * rng.standard_normal(shape, dtype=np.float32)
     yield path
     path.unlink()  # 0.55 GB; pytest keeps the last runs' temp folders
 
@@ -129,7 +147,6 @@ def test_imagenet_weights_convert_exactly(vgg16_weights_file):
 
 def test_imagenet_goes_through_the_same_conversion(vgg16_weights_file, monkeypatch):
     path = vgg16_weights_file
-    vgg = {name: _stored(path, name) for name in ("fc1", "fc2")}
     real = keras.applications.VGG16
 
     def offline(include_top, weights):  # stands in for the download, same loader otherwise
@@ -138,6 +155,7 @@ def test_imagenet_goes_through_the_same_conversion(vgg16_weights_file, monkeypat
 
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     converted = imagenet_backbone_weights("imagenet")
+    vgg = {name: _stored(path, name) for name in ("fc1", "fc2")}  # after the load's peak
     assert list(converted) == [f"block{b}_conv{i}" for b, n in _BLOCKS for i in range(1, n + 1)] + [
         "fc6",
         "fc7",
