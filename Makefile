@@ -20,12 +20,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# The suite runs in TEST_WORKERS processes (pytest-xdist; each test file's tests share one process,
-# the slowest files are handed out first) and prints the 15 slowest tests. TEST_WORKERS=0: one
-# process. Each worker peaks near 5 GB of memory: raise it on large machines with care.
+# The suite runs in TEST_WORKERS processes (pytest-xdist; an idle worker takes tests queued for a
+# busy one) and prints the 15 slowest tests. TEST_WORKERS=0: one process. Each worker peaks near
+# 5 GB of memory.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT)

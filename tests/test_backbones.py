@@ -270,6 +270,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", OTHERS)
 def test_train_resume_evaluate_predict_export(backbone, tmp_path, monkeypatch):
     data = tmp_path / "data"

@@ -35,6 +35,7 @@ def test_flop_count_matches_vgg16_by_hand():
     assert flops["train_gflop"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_run_all_at_toy_sizes_writes_every_section(tmp_path):
     out = tmp_path / "results.json"
     args = run_all.parse_args(

@@ -61,6 +61,7 @@ def _kernel(model, name):
     return model.get_layer(name).get_weights()[0]
 
 
+@pytest.mark.slow
 def test_three_stages_chain(data_dir, tmp_path):
     run = tmp_path / "run"
     cfg = load_config(None, TINY)
