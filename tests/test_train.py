@@ -396,13 +396,17 @@ def test_reconcile_restores_the_committed_epoch(tmp_path):
     (tmp_path / "best.keras").unlink()
     (tmp_path / "history.csv").write_text("epoch,loss\n1,2\n2,1\n")
     (tmp_path / ".history.csv.abc.tmp").write_text("partial")
+    (tmp_path / ".final.keras.k2j_x9a0.keras").write_text("partial")
+    # Hidden files that are not kfcn's stay where they are.
+    (tmp_path / ".gitignore").write_text("*.keras\n")
+    (tmp_path / ".notes.tmp").write_text("mine")
     state = reconcile(tmp_path)
     assert state["epoch"] == 1
     assert [r["epoch"] for r in _history(tmp_path / "history.csv")] == ["1"]
     assert (tmp_path / "best.keras").read_bytes() == b"best 1"
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["best.keras", "checkpoint", "history.csv", "best-epoch-0001.keras"]
-        + ["epoch-0001.weights.h5", "state.json"]
+        + ["epoch-0001.weights.h5", "state.json", ".gitignore", ".notes.tmp"]
     )
     # Broken state: a clear error naming the file.
     (tmp_path / "checkpoint" / "epoch-0001.weights.h5").unlink()

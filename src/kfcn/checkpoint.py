@@ -27,10 +27,12 @@ from pathlib import Path
 import keras
 
 from kfcn.errors import KfcnError
-from kfcn.fileio import atomic_write, publish, temp_path
-from kfcn.runs import BEST_MODEL, CHECKPOINT_DIR, HISTORY_FILE
+from kfcn.fileio import atomic_write, publish, temp_files, temp_path
+from kfcn.runs import BEST_MODEL, CHECKPOINT_DIR, CONFIG_FILE, FINAL_MODEL, HISTORY_FILE
 
 STATE_FILE = "state.json"
+# The files kfcn writes in a stage folder, each through a temporary file beside it.
+STAGE_FILES = (HISTORY_FILE, BEST_MODEL, FINAL_MODEL, CONFIG_FILE)
 
 
 def checkpoint_dir(stage_dir: str | Path) -> Path:
@@ -104,9 +106,9 @@ def _remove_unreferenced(stage_dir: Path, state: dict | None) -> None:
         for path in ckpt.iterdir():
             if path.name not in keep and path.is_file():
                 path.unlink(missing_ok=True)
-    for path in stage_dir.glob(".*"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
+    # Only kfcn's own temporary files: a user's .gitignore or notes in the folder stay.
+    for path in temp_files(stage_dir, STAGE_FILES):
+        path.unlink(missing_ok=True)
 
 
 def reconcile(stage_dir: str | Path) -> dict | None:

@@ -8,6 +8,7 @@ them (0666 less the umask), not the 0600 of `tempfile.mkstemp`.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def temp_path(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def temp_files(folder: str | os.PathLike, names) -> list[Path]:
+    """The temporary files `temp_path` made in `folder` for a file called one of `names` (left
+    behind by a kill): `.NAME.RANDOM` plus a suffix. Other hidden files are not kfcn's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    targets = "|".join(re.escape(name) for name in names)
+    pattern = re.compile(rf"\.(?:{targets})\.[A-Za-z0-9_]+\..+")
+    return sorted(
+        path for path in folder.glob(".*") if path.is_file() and pattern.fullmatch(path.name)
+    )
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
