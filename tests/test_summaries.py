@@ -54,3 +54,21 @@ def test_training_logs_per_class_iou_and_val_pictures(tmp_path):
         assert (int(width), int(height)) == (3 * 56 + 2 * GAP, 40)
         decoded = tf.io.decode_png(png).numpy()
         np.testing.assert_array_equal(decoded[:, :56], image)
+
+
+def test_no_validation_means_no_val_summaries(tmp_path, monkeypatch):
+    """train.validate: false scores nothing on the val split, TensorBoard or not."""
+    import kfcn.summaries
+
+    def no_val_pass(*args, **kwargs):
+        raise AssertionError("the val split was scored with train.validate: false")
+
+    monkeypatch.setattr(kfcn.summaries, "confusion_over_split", no_val_pass)
+    data = tmp_path / "data"
+    write_shards(data, "train", 4, size=(64, 80), seed=1)
+    write_shards(data, "val", 2, size=(40, 56), seed=2, per_shard=2)
+    cfg = load_config(None, TINY + ["train.steps_per_epoch=1", "train.validate=false"])
+    train_stage(cfg, TrainOptions("fcn32", data, tmp_path / "run"), echo=lambda *_: None)
+    events = _events(tmp_path / "run" / "fcn32" / "logs" / "train")
+    assert "epoch_loss" in events  # TensorBoard still logs training
+    assert not list((tmp_path / "run" / "fcn32" / "logs").glob("validation/events.*"))

@@ -1,9 +1,9 @@
 """TensorBoard pictures of training: what the model sees, not only how the loss moves.
 
-At the end of every epoch `SegmentationSummaries` scores the model on the val split (the same
-code as `kfcn evaluate`; when training validates, its `score` *is* the validation pass, so the
-split is scored once) and writes, into `logs/validation` beside the loss and mean IoU of
-Keras's own TensorBoard callback:
+When training validates (`train.validate: true`; training adds no summaries otherwise, so the
+val split is never read), `SegmentationSummaries` is the validation pass: its `score` scores the
+model on the val split at the end of every epoch (the same code as `kfcn evaluate`, once) and it
+writes, into `logs/validation` beside the loss and mean IoU of Keras's own TensorBoard callback:
 
     epoch_iou/CLASS     the IoU of every class (scalars; classes without pixels are skipped)
     val_images/ID       a few fixed val images, each as image | ground truth | prediction in the

@@ -383,7 +383,7 @@ def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, sav
     if not chief:  # workers only train; the chief validates once and writes everything
         return callbacks
     summaries = None
-    if tensorboard_available() and counts["val"] > 0:
+    if tensorboard_available() and cfg.train.validate and counts["val"] > 0:
         # Per-class val IoU and val images | truth | prediction, from validation's own pass.
         summaries = SegmentationSummaries(stage_dir / LOGS_DIR, opts.data_dir, cfg, *classes)
     validation = None
