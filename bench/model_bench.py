@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--widths", help="model.widths: small, or 7 comma-separated ints")
     args = parser.parse_args()
+    widths = parse_widths(args.widths)
     print(f"machine: {describe_machine(machine_info())}")
     peak = peak_bench.run()["fp32_conv_gflops"]
     print(f"3x3 conv peak: {peak:.1f} GFLOP/s")
@@ -200,14 +201,7 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             for mode in args.modes.split(","):
                 r = train_step_bench(
-                    variant,
-                    batch,
-                    args.size,
-                    mode,
-                    args.warmup,
-                    args.repeats,
-                    peak,
-                    parse_widths(args.widths),
+                    variant, batch, args.size, mode, args.warmup, args.repeats, peak, widths=widths
                 )
                 print(
                     f"train {variant} b{batch} {mode:8s} {fmt(r['images_per_s'], 2)} img/s "

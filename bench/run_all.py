@@ -77,18 +77,12 @@ def run(args) -> dict:
     for row in result["peak"]["rows"]:
         print(f"peak {row['op']} {row['dtype']}: {fmt(row['gflops'])} GFLOP/s", flush=True)
 
+    widths = model_bench.parse_widths(args.widths)
     if "train" not in skip:
         result["train"] = []
         for variant, batch, mode in train_plan(args, gpu):
             r = model_bench.train_step_bench(
-                variant,
-                batch,
-                args.size,
-                mode,
-                args.warmup,
-                args.repeats,
-                peak,
-                model_bench.parse_widths(args.widths),
+                variant, batch, args.size, mode, args.warmup, args.repeats, peak, widths=widths
             )
             result["train"].append(r)
             print(
@@ -99,14 +93,7 @@ def run(args) -> dict:
     if "predict" not in skip:
         h, w = (int(v) for v in args.predict_size.split(","))
         r = model_bench.predict_bench(
-            "fcn8",
-            h,
-            w,
-            args.predict_batch,
-            args.warmup,
-            args.repeats,
-            peak,
-            model_bench.parse_widths(args.widths),
+            "fcn8", h, w, args.predict_batch, args.warmup, args.repeats, peak, widths=widths
         )
         result["predict"] = r
         print(

@@ -33,6 +33,7 @@ UPSAMPLING = {
 SCORES = {"fcn32": ["score_fr"], "fcn16": ["score_fr", "score_pool4"]}
 SCORES["fcn8"] = SCORES["fcn16"] + ["score_pool3"]
 _BLOCKS = [(1, 2), (2, 2), (3, 3), (4, 3), (5, 3)]
+_VGG16_FILTERS = (64, 128, 256, 512, 512)  # of blocks 1-5
 
 
 def _randomise(model, names, seed=0, scale=0.01):
@@ -70,19 +71,22 @@ def models():
 
 
 # Keras VGG16's layers in order, with the shapes of their weights (kernel, bias).
-_VGG16_LAYERS = [("input_layer", [])]
-for _b, _n in _BLOCKS:
-    for _i in range(1, _n + 1):
-        _in = 3 if (_b, _i) == (1, 1) else (64, 128, 256, 512, 512)[_b - 1 - (_i == 1)]
-        _out = (64, 128, 256, 512, 512)[_b - 1]
-        _VGG16_LAYERS.append((f"block{_b}_conv{_i}", [(3, 3, _in, _out), (_out,)]))
-    _VGG16_LAYERS.append((f"block{_b}_pool", []))
-_VGG16_LAYERS += [
-    ("flatten", []),
-    ("fc1", [(25088, 4096), (4096,)]),
-    ("fc2", [(4096, 4096), (4096,)]),
-    ("predictions", [(4096, 1000), (1000,)]),
-]
+def _vgg16_layers() -> list[tuple[str, list[tuple[int, ...]]]]:
+    layers, channels = [("input_layer", [])], 3
+    for (b, n), filters in zip(_BLOCKS, _VGG16_FILTERS, strict=True):
+        for i in range(1, n + 1):
+            layers.append((f"block{b}_conv{i}", [(3, 3, channels, filters), (filters,)]))
+            channels = filters
+        layers.append((f"block{b}_pool", []))
+    return layers + [
+        ("flatten", []),
+        ("fc1", [(25088, 4096), (4096,)]),
+        ("fc2", [(4096, 4096), (4096,)]),
+        ("predictions", [(4096, 1000), (1000,)]),
+    ]
+
+
+_VGG16_LAYERS = _vgg16_layers()
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +205,7 @@ def test_full_size_vgg16(variant):
     assert model.get_layer("fc7").kernel.shape == (1, 1, 4096, 4096)
     names = [f"block{b}_conv{i}" for b, n in _BLOCKS for i in range(1, n + 1)]
     assert [model.get_layer(name).filters for name in names] == [
-        width
-        for (b, n), width in zip(_BLOCKS, (64, 128, 256, 512, 512), strict=True)
-        for _ in range(n)
+        width for (_, n), width in zip(_BLOCKS, _VGG16_FILTERS, strict=True) for _ in range(n)
     ]
     small = build_fcn(variant, backbone_weights="none", widths="small")
     assert [layer.name for layer in model.layers] == [layer.name for layer in small.layers]

@@ -26,7 +26,7 @@ def save_tiny_model(folder: Path) -> tuple[Path, keras.Model, dict]:
     keras.utils.set_random_seed(0)
     model = build_fcn("fcn8", num_classes=4, backbone_weights="none", widths="small")
     rng = np.random.default_rng(0)
-    for name in ("score_fr", "score_pool4", "score_pool3"):
+    for name in SCORE_LAYERS:
         layer = model.get_layer(name)
         layer.set_weights([0.5 * rng.normal(size=w.shape) for w in layer.get_weights()])
     cfg = Config()

@@ -182,21 +182,28 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
     return value
 
 
-def _check_widths(value: Any, bad) -> list | str:
-    allowed = f"null, {' or '.join(repr(n) for n in WIDTH_NAMES)}, or a list of {NUM_WIDTHS} " + (
-        "positive integers (filters of blocks 1-5, fc6, fc7)"
+# What `model.widths` may be, for messages.
+WIDTHS_ALLOWED = (
+    f"null (VGG16's {list(VGG16_WIDTHS)}), {' or '.join(repr(n) for n in WIDTH_NAMES)}, or a "
+    f"list of {NUM_WIDTHS} positive integers (filters of blocks 1-5, fc6, fc7)"
+)
+
+
+def is_width_list(value: Any) -> bool:
+    """True for a list or tuple of `NUM_WIDTHS` positive ints (bools are not ints here)."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == NUM_WIDTHS
+        and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)
     )
-    if isinstance(value, str):
-        if value not in WIDTH_NAMES:
-            raise bad(allowed)
+
+
+def _check_widths(value: Any, bad) -> list | str:
+    if isinstance(value, str) and value in WIDTH_NAMES:
         return value
-    if (
-        not isinstance(value, list)
-        or len(value) != NUM_WIDTHS
-        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)
-    ):
-        raise bad(allowed)
-    return list(value)
+    if isinstance(value, list) and is_width_list(value):
+        return list(value)
+    raise bad(WIDTHS_ALLOWED)
 
 
 def _check_stage_patterns(key: str, value: Any, stages: tuple, bad) -> dict:

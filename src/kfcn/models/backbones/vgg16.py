@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kfcn.config import VGG16_WIDTHS, WIDTH_NAMES
+from kfcn.config import VGG16_WIDTHS, WIDTH_NAMES, WIDTHS_ALLOWED, is_width_list
 from kfcn.errors import ConfigError, ModelError
 from kfcn.models.backbones.common import Float32Preprocess
 from kfcn.models.backbones.common import l2 as _l2
@@ -59,18 +59,9 @@ def resolve_widths(widths) -> tuple[int, ...]:
         return WIDTHS
     if isinstance(widths, str) and widths in NAMED_WIDTHS:
         return NAMED_WIDTHS[widths]
-    if (
-        not isinstance(widths, str)
-        and hasattr(widths, "__len__")
-        and len(widths) == len(WIDTHS)
-        and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
-    ):
-        return tuple(int(w) for w in widths)
-    raise ConfigError(
-        f"model.widths = {widths!r} is not allowed; expected null (VGG16's "
-        f"{list(WIDTHS)}), {' or '.join(repr(n) for n in NAMED_WIDTHS)} or a list of "
-        "7 positive integers (blocks 1-5, fc6, fc7)"
-    )
+    if is_width_list(widths):
+        return tuple(widths)
+    raise ConfigError(f"model.widths = {widths!r} is not allowed; expected {WIDTHS_ALLOWED}")
 
 
 @keras.saving.register_keras_serializable(package="kfcn")
