@@ -8,6 +8,8 @@ MOMENT is where the process kills itself during (1-based) epoch EPOCH:
   checkpoint   with the epoch's weights file written, before it is renamed into place
   best         with the epoch's best model written, before it is renamed into place
   none         no kill
+With KFCN_TEST_CPUS=N in the environment, the process splits its CPU into N logical devices
+before kfcn is imported (`--strategy mirrored` then runs N replicas).
 Every run through the driver also makes each epoch's val mean IoU a new best (the score plus the
 optimizer step), so that every epoch saves a best model; uninterrupted reference runs go through
 the driver too, with MOMENT none.
@@ -73,9 +75,21 @@ def install(moment: str, epoch: int) -> None:
         raise SystemExit(f"unknown moment {moment!r}")
 
 
+def split_cpu(count: int) -> None:
+    """N logical CPU devices, configured before TensorFlow initialises its devices."""
+    import tensorflow as tf
+
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration() for _ in range(count)],
+    )
+
+
 if __name__ == "__main__":
     moment, epoch, separator, *args = sys.argv[1:]
     assert separator == "--"
+    if os.environ.get("KFCN_TEST_CPUS"):
+        split_cpu(int(os.environ["KFCN_TEST_CPUS"]))
     install(moment, int(epoch))
     from kfcn.cli import main
 

@@ -127,20 +127,45 @@ def test_resize_pad_mode_pads_labels_with_ignore(data):
     np.testing.assert_allclose(images[:, :10], np.broadcast_to(IMAGENET_MEAN_RGB, (2, 10, 64, 3)))
 
 
-@pytest.mark.parametrize("per_shard", [4, 10])  # 3 files: by file; 1 file: by record
-def test_input_context_splits_records_between_pipelines(tmp_path, per_shard):
+@pytest.mark.parametrize("per_shard", [2, 10])  # 5 files: by file; 1 file: by record
+@pytest.mark.parametrize("pipelines", [2, 3])
+def test_pipelines_partition_each_global_batch(tmp_path, per_shard, pipelines):
+    """P input pipelines (one replica each, batch 1) together read, step by step, exactly the
+    global batches of one pipeline at batch P: each record at most once per epoch, less than
+    one global batch left out, for several seeds and epochs."""
     samples = write_shards(tmp_path, "train", 10, per_shard=per_shard)
     cfg = replace(PLAIN, crop_size=32)
-    seen = []
-    for pipeline_id in (0, 1):
-        context = tf.distribute.InputContext(2, pipeline_id, 2)
-        ds = pipeline.train_dataset(
-            tmp_path, "train", cfg, 1, seed=0, input_context=context, repeat=False
+
+    def ids(ds):
+        return [[source_of(x, y, samples) for x, y in zip(*batch, strict=True)] for batch in ds]
+
+    for seed, epoch in ((0, 0), (3, 1), (7, 4)):
+        single = ids(
+            pipeline.train_dataset(
+                tmp_path, "train", cfg, pipelines, seed, repeat=False, first_epoch=epoch
+            )
         )
-        seen.append([source_of(x[0], y[0], samples) for x, y in take(ds, -1)])
-    assert -1 not in seen[0] + seen[1]
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == list(range(10))
+        shares = [
+            ids(
+                pipeline.train_dataset(
+                    tmp_path,
+                    "train",
+                    cfg,
+                    1,
+                    seed,
+                    input_context=tf.distribute.InputContext(pipelines, index, pipelines),
+                    repeat=False,
+                    first_epoch=epoch,
+                )
+            )
+            for index in range(pipelines)
+        ]
+        steps = 10 // pipelines
+        assert len(single) == steps and all(len(share) == steps for share in shares)
+        for step, batch in enumerate(single):
+            assert [share[step][0] for share in shares] == batch
+        seen = [i for batch in single for i in batch]
+        assert -1 not in seen and len(set(seen)) == len(seen) and 10 - len(seen) < pipelines
 
 
 def test_eval_dataset_yields_full_examples_in_record_order(data):

@@ -230,6 +230,62 @@ def test_killed_at_any_moment_resumes_exactly(data_dir, tmp_path):
     assert not (stage / "checkpoint").exists() and (stage / "best.keras").is_file()
 
 
+def _assert_same_run(got_stage: Path, want_stage: Path, rel_l2=5e-4, share=1e-3) -> None:
+    """The same history (loss to 1e-5 relative) and the same final weights up to summation
+    order: relative L2 distance <= `rel_l2`, at most `share` of the weights off by > 1e-5."""
+    rows, want_rows = _history(got_stage / "history.csv"), _history(want_stage / "history.csv")
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in want_rows]
+    for row, want in zip(rows, want_rows, strict=True):
+        assert float(row["loss"]) == pytest.approx(float(want["loss"]), rel=1e-5), (row, want)
+    got = np.concatenate([w.ravel() for w in _final_weights(got_stage / "final.keras")])
+    want = np.concatenate([w.ravel() for w in _final_weights(want_stage / "final.keras")])
+    assert np.linalg.norm(got - want) <= rel_l2 * np.linalg.norm(want)
+    assert np.mean(np.abs(got - want) > 1e-5) <= share
+
+
+@pytest.mark.slow
+def test_two_replicas_train_as_one_at_the_global_batch_and_resume_exactly(data_dir, tmp_path):
+    """`kfcn train --strategy mirrored` on two logical CPUs at batch 2 per replica is the run of
+    one replica at batch 4 (records, augmentation and dropout, dropout on), and killed
+    mid-epoch then re-run it ends as uninterrupted."""
+    settings = TINY + ["train.epochs=3", "train.validate=false", "model.dropout=0.5"]
+
+    def cmd(run, batch, strategy, moment="none"):
+        sets = [a for s in [*settings, f"train.batch_size={batch}"] for a in ("--set", s)]
+        args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", run, *sets]
+        return _driven_cmd(moment, 2, *args, "--strategy", strategy)
+
+    env = {**DRIVER_ENV, "KFCN_TEST_CPUS": "2"}
+
+    def start(*args):
+        return subprocess.Popen(
+            cmd(*args),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    one, two = start(tmp_path / "one", 4, "default"), start(tmp_path / "two", 2, "mirrored")
+    killed = subprocess.run(
+        cmd(tmp_path / "killed", 2, "mirrored", "mid-epoch"),
+        cwd=REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    resumed = start(tmp_path / "killed", 2, "mirrored")
+    for proc in (one, two, resumed):
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out
+    assert "2 replica(s)" in out and "resuming from epoch 1" in out, out
+    _assert_same_run(tmp_path / "two" / "fcn32", tmp_path / "one" / "fcn32")
+    _assert_same_run(tmp_path / "killed" / "fcn32", tmp_path / "two" / "fcn32", 1e-6, 0.0)
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -257,6 +313,11 @@ def test_two_workers_resume_together_and_overwrite(data_dir, tmp_path):
     stage = tmp_path / "fcn32"
     sets = [a for s in TINY + ["train.epochs=2"] for a in ("--set", s)]
     args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path, *sets]
+    # One replica at the two workers' global batch: the run they must reproduce.
+    reference = _kfcn(
+        *["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path / "one"],
+        *[*sets, "--set", "train.batch_size=4", "--set", "train.validate=false"],
+    )
     procs = _two_workers(*args)
     state = stage / "checkpoint" / "state.json"
     deadline = time.time() + 600
@@ -283,6 +344,9 @@ def test_two_workers_resume_together_and_overwrite(data_dir, tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(np.isfinite(float(r["val_mean_iou"])) for r in rows)
     assert (stage / "final.keras").is_file() and not (stage / "checkpoint").exists()
+    out = reference.communicate(timeout=600)[0]
+    assert reference.returncode == 0, out
+    _assert_same_run(stage, tmp_path / "one" / "fcn32")
 
     before = (stage / "final.keras").stat().st_mtime_ns
     one_epoch = [*args, "--set", "train.epochs=1", "--overwrite"]

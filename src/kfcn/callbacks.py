@@ -69,15 +69,22 @@ class KeyedDropoutSeeds(keras.callbacks.Callback):
         self.seed = seed
 
     def on_epoch_begin(self, epoch, logs=None):
-        generators = [
-            sg
-            for layer in self.model._flatten_layers()
-            for sg in getattr(layer, "_seed_generators", [])
-        ]
-        for index, generator in enumerate(generators):
+        for index, generator in enumerate(seed_generators(self.model)):
             key = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
             value = np.array([key % 2**31, 0]).astype(generator.state.dtype)
             generator.state.assign(value)
+
+
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """The seed generators of `model`'s layers (nested models included), in layer order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(seed_generators(layer))
+        generator = getattr(layer, "seed_generator", None)
+        if isinstance(generator, keras.random.SeedGenerator):
+            found.append(generator)
+    return found
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

@@ -1,17 +1,18 @@
 """tf.data input pipelines: prepared shards -> decoded, augmented, batched tensors.
 
-Training order (TF Model Garden's), built anew for every epoch: shard files -> per-worker file
-sharding -> parallel interleaved reads -> shuffle of serialized records -> decode -> augment ->
-batch(drop_remainder); then the epochs are chained and prefetched. Everything after the file list
-is TensorFlow ops (no Python per example), and every random choice is seeded from (seed, input
-pipeline, epoch, position in the epoch), so one seed gives the same batches on every run, and a
-resumed run the same batches as an uninterrupted one.
+Training order (TF Model Garden's), built anew for every epoch: shard files -> parallel
+interleaved reads -> shuffle of serialized records -> this input pipeline's share of each global
+batch -> decode -> augment -> batch(drop_remainder); then the epochs are chained and prefetched.
+Everything after the file list is TensorFlow ops (no Python per example), and every random choice
+is seeded from (seed, epoch, position in the epoch), so one seed gives the same batches on every
+run, a resumed run the same batches as an uninterrupted one, and R replicas the batches of one.
 
 Evaluation reads the records in order, one full-resolution example at a time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,20 @@ def train_dataset(
     """Augmented training batches from the shards of `split`, epoch after epoch.
 
     Randomness is keyed, not carried: epoch k's file order, record shuffle and every
-    augmentation draw derive from (`seed`, input pipeline, k, position in the epoch) only. So a
-    run resumed at epoch k (`first_epoch=k`) gets exactly the batches the uninterrupted run got.
+    augmentation draw derive from (`seed`, k, position in the epoch) only. So a run resumed at
+    epoch k (`first_epoch=k`) gets exactly the batches the uninterrupted run got.
+
+    Several replicas train exactly as one replica at their global batch. Every input pipeline
+    reads the same record stream (`epoch_records`) and keeps, of each global batch, the slice of
+    its own replicas (replica order: pipeline by pipeline, then its local replicas), so replica r
+    of R gets records r*b .. r*b+b-1 of each global batch of R*b, with the augmentation draws of
+    their global positions. Only the kept records are decoded; each pipeline reads every record
+    (serialized bytes only).
 
     With an `input_context` (from `tf.distribute.Strategy.distribute_datasets_from_function`)
-    this pipeline reads only its share of the shard files (by record when there are fewer files
-    than pipelines). `batch_size` is the batch of *this* pipeline, i.e. the per-replica batch
-    (`train.batch_size`), as `distribute_datasets_from_function` expects. (A dataset handed to
-    `model.fit` as is gets each batch split across the replicas: pass the global batch there.)
+    `batch_size` is the per-replica batch (`train.batch_size`), and this pipeline yields one
+    batch per local replica per step, in replica order. (A dataset handed to `model.fit` as is
+    gets each batch split across the replicas: pass the global batch there.)
 
     Args:
         data_dir: directory written by `kfcn prepare`.
@@ -85,8 +92,8 @@ def train_dataset(
         shuffle: shuffle files and records (off: record order, still augmented).
         repeat: one epoch after another, forever; off: the single epoch `first_epoch`.
         first_epoch: the (0-based) epoch the stream starts at.
-        steps_per_epoch: batches per epoch (records are cycled within the epoch to fill them);
-            None: one pass over this pipeline's records, the last partial batch dropped.
+        steps_per_epoch: global batches per epoch (records are cycled within the epoch to fill
+            them); None: one pass over the records, the last partial global batch dropped.
 
     Returns:
         Dataset of (images (B, S, S, 3) float32 in 0-255, labels (B, S, S) int32) with
@@ -101,44 +108,21 @@ def train_dataset(
             f"data.augment = {data_cfg.augment!r} is not allowed; expected 'random' or 'resize_pad'"
         )
     shards = records.list_shards(data_dir, split)
-    pipelines, pipeline_id = 1, 0
-    if input_context is not None:
-        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-    # Each pipeline reads its own files; with fewer files than pipelines, its own records.
-    by_file = len(shards) >= pipelines
-    own = shards[pipeline_id::pipelines] if by_file else shards
-    own_files = tf.constant([str(p) for p in own])
-    pipeline_key = tf.constant([seed, pipeline_id], dtype=tf.int64)
+    share = ReplicaShare.of(input_context, batch_size)
+    if steps_per_epoch is None:  # whole global batches only: every pipeline has the same steps
+        steps_per_epoch = count_records(data_dir, split) // share.global_batch
 
-    # Shuffles are stateless ops keyed by the epoch (tf.data's shuffle takes no per-epoch key).
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-        key = tf.random.experimental.stateless_fold_in(pipeline_key, epoch)  # (2,) int64
-        file_seed, record_seed, augment_seed = tf.unstack(
-            tf.random.experimental.stateless_split(key, 3)
-        )  # (2,) each
-        files = own_files
-        if shuffle:
-            files = tf.random.experimental.stateless_shuffle(files, seed=file_seed)
-        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(own), MAX_PARALLEL_FILES),
-            block_length=1,
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-        if not by_file:
-            ds = ds.shard(pipelines, pipeline_id)
-        if shuffle:
-            ds = _block_shuffle(ds, data_cfg.shuffle_buffer, record_seed)
-        if steps_per_epoch is not None:
-            ds = ds.repeat().take(steps_per_epoch * batch_size)
+        stream = epoch_records(shards, data_cfg.shuffle_buffer, seed, epoch, shuffle)
+        stream = stream.repeat().take(steps_per_epoch * share.global_batch)
         # The position within the epoch keys each example's augmentation draws.
-        ds = ds.enumerate()
+        ds = stream.enumerate().filter(share.keeps)
         ds = ds.map(
             lambda i, s: (i, records.decode_example(s)),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
+        augment_seed = epoch_key(seed, epoch)[2]
         ds = ds.map(
             _augment_fn(data_cfg, augment_seed), num_parallel_calls=AUTOTUNE, deterministic=True
         )
@@ -147,6 +131,62 @@ def train_dataset(
     last = np.iinfo(np.int64).max if repeat else first_epoch + 1
     ds = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
     return ds.prefetch(AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class ReplicaShare:
+    """Which records of each global batch an input pipeline keeps: `kept` consecutive records
+    starting at `offset` (its local replicas' per-replica batches, in replica order)."""
+
+    global_batch: int
+    offset: int
+    kept: int
+
+    @classmethod
+    def of(cls, context: tf.distribute.InputContext | None, batch_size: int) -> ReplicaShare:
+        if context is None:
+            return cls(batch_size, 0, batch_size)
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        kept = local * batch_size
+        return cls(
+            context.num_replicas_in_sync * batch_size, context.input_pipeline_id * kept, kept
+        )
+
+    def keeps(self, position: tf.Tensor, _record=None) -> tf.Tensor:
+        """True for the stream positions (0-based, in the epoch) this pipeline decodes."""
+        in_batch = position % self.global_batch
+        return (in_batch >= self.offset) & (in_batch < self.offset + self.kept)
+
+
+def epoch_key(seed: int, epoch) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The (file order, record shuffle, augmentation) keys of `epoch`, each (2,) int64."""
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), epoch)
+    return tuple(tf.unstack(tf.random.experimental.stateless_split(key, 3)))
+
+
+def epoch_records(
+    shards: list[Path], shuffle_buffer: int, seed: int, epoch, shuffle: bool = True
+) -> tf.data.Dataset:
+    """The serialized records of one epoch, in the order every input pipeline sees them.
+
+    Shuffles are stateless ops keyed by the epoch (tf.data's shuffle takes no per-epoch key):
+    the shard files in a keyed order, read interleaved, then shuffled within blocks of
+    `shuffle_buffer` records.
+    """
+    file_seed, record_seed, _ = epoch_key(seed, epoch)
+    files = tf.constant([str(p) for p in shards])
+    if shuffle:
+        files = tf.random.experimental.stateless_shuffle(files, seed=file_seed)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(shards), MAX_PARALLEL_FILES),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if shuffle:
+        ds = _block_shuffle(ds, shuffle_buffer, record_seed)
+    return ds
 
 
 def _block_shuffle(ds: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.data.Dataset:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kfcn.errors import ModelError
 
@@ -15,6 +16,16 @@ from kfcn.errors import ModelError
 def l2(weight_decay: float):
     """An L2 regularizer of strength `weight_decay`, or None when it is zero."""
     return keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
+
+
+def synchronize_bn(layers) -> None:
+    """Make every batch normalization of `layers` compute its training statistics over the
+    global batch (all replicas together), so R replicas normalise as one replica at R times the
+    batch. `keras.applications` builds them unsynchronized; the flag is part of the layer's config.
+    """
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
 
 
 def add_weight_decay(layers, weight_decay: float) -> None:
@@ -35,6 +46,51 @@ def add_weight_decay(layers, weight_decay: float) -> None:
         else:
             continue
         layer.kernel.regularizer = reg
+
+
+@keras.saving.register_keras_serializable(package="kfcn")
+class GlobalBatchDropout(keras.layers.Layer):
+    """Dropout whose masks do not depend on how the global batch is split across replicas.
+
+    Keras' `Dropout` draws one mask per replica from the same seed, so R replicas at batch b
+    drop other units than one replica at batch R*b. This layer draws the mask of the whole
+    global batch on every replica (the seed state advances the same way on all of them) and
+    keeps its own replica's rows, so example j of a global batch gets the same mask however the
+    batch is split. Outside training it is the identity.
+
+    Args:
+        rate: the fraction of units dropped, in [0, 1).
+        seed: seed of the layer's seed generator.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Argument `rate` must be in [0, 1). Received: rate={rate}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return inputs
+        seed = tf.cast(self.seed_generator.next(), tf.int64)  # (2,)
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        shape = tf.shape(inputs)  # (b, h, w, c)
+        batch = shape[0]
+        noise = tf.random.stateless_uniform(tf.concat([[batch * replicas], shape[1:]], 0), seed)
+        noise = noise[replica * batch : (replica + 1) * batch]  # (b, h, w, c): this replica's rows
+        scale = tf.cast(1.0 / (1.0 - self.rate), inputs.dtype)
+        return tf.where(noise >= self.rate, inputs * scale, tf.zeros_like(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 class Float32Preprocess(keras.layers.Layer):
@@ -74,6 +130,7 @@ def application_features(application, preprocess, images, weight_decay: float, f
     x = preprocess(images)
     app = application(include_top=False, weights=None, input_tensor=x)
     add_weight_decay(app.layers, weight_decay)
+    synchronize_bn(app.layers)
     return {stride: app.get_layer(name).output for stride, name in features.items()}
 
 
@@ -96,9 +153,10 @@ def fcn_head(x, weight_decay: float, dropout: float):
         kernel_regularizer=l2(weight_decay),
         name="head_conv",
     )(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-5, name="head_bn")(x)
+    # Statistics over the global batch, as one replica would compute them (see synchronize_bn).
+    x = keras.layers.BatchNormalization(epsilon=1e-5, synchronized=True, name="head_bn")(x)
     x = keras.layers.ReLU(name="head_relu")(x)
-    return keras.layers.Dropout(dropout, name="head_drop")(x)  # (B, h, w, C // 4)
+    return GlobalBatchDropout(dropout, name="head_drop")(x)  # (B, h, w, C // 4)
 
 
 def _first_line(exc: Exception) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from kfcn.config import VGG16_WIDTHS, WIDTH_NAMES, WIDTHS_ALLOWED, is_width_list
 from kfcn.errors import ConfigError, ModelError
-from kfcn.models.backbones.common import Float32Preprocess
+from kfcn.models.backbones.common import Float32Preprocess, GlobalBatchDropout
 from kfcn.models.backbones.common import l2 as _l2
 from kfcn.padding import IMAGENET_MEAN_RGB
 
@@ -131,7 +131,7 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=
         kernel_regularizer=_l2(weight_decay),
         name="fc6",
     )(pool5)
-    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = GlobalBatchDropout(dropout, name="drop6")(x)
     x = keras.layers.Conv2D(
         fc7_width,
         1,
@@ -140,7 +140,7 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=
         kernel_regularizer=_l2(weight_decay),
         name="fc7",
     )(x)
-    return keras.layers.Dropout(dropout, name="drop7")(x)  # (B, h, w, 4096)
+    return GlobalBatchDropout(dropout, name="drop7")(x)  # (B, h, w, 4096)
 
 
 def _imagenet_vgg16(weights: str):
