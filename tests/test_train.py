@@ -478,6 +478,35 @@ def test_reconcile_restores_the_committed_epoch(tmp_path):
         reconcile(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.parametrize("name", ["epoch-0002.weights.h5", "best-epoch-0001.keras"])
+def test_damaged_checkpoint_is_one_line_naming_the_file(data_dir, tmp_path, damage, name):
+    """state.json records each file's size and SHA-256: a truncated file or one flipped byte
+    is refused on resume with the file's name and the ways out, exit code 1."""
+    stage = tmp_path / "fcn32"
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    commit_epoch(stage, model, 1, {"loss": 2.0}, 0.5, lambda p: p.write_bytes(b"best model 1"))
+    commit_epoch(stage, model, 2, {"loss": 1.0})
+    state = json.loads((stage / "checkpoint" / "state.json").read_text())
+    assert set(state["files"]) == {"epoch-0002.weights.h5", "best-epoch-0001.keras"}
+    assert reconcile(stage)["epoch"] == 2  # intact: accepted
+    path = stage / "checkpoint" / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        data[len(data) // 3] ^= 0x01
+        path.write_bytes(bytes(data))
+    args = ["train", "--stage", "fcn32", "--data-dir", data_dir, "--run-dir", tmp_path]
+    result = CliRunner().invoke(main, [*args, *[a for s in TINY for a in ("--set", s)]])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert str(path) in line and "damaged checkpoint" in line and "--overwrite" in line, line
+    assert ("truncated" in line) == (damage == "truncate"), line
+    assert "Traceback" not in result.output
+
+
 def test_nonfinite_loss_raises_and_keeps_checkpoint(data_dir, tmp_path):
     cfg = load_config(
         None,

@@ -26,6 +26,7 @@ class EpochCommit(keras.callbacks.Callback):
         stage_dir: the stage folder.
         validation: the `Validation` callback, if validating (decides whether the epoch improved).
         save_best: (model, path, epoch) -> writes the best model to `path`.
+        settings: the run's settings, recorded with every commit (`kfcn.resume`).
     """
 
     def __init__(
@@ -33,11 +34,13 @@ class EpochCommit(keras.callbacks.Callback):
         stage_dir: Path,
         validation: Validation | None = None,
         save_best: Callable[[keras.Model, Path, int], None] | None = None,
+        settings: dict | None = None,
     ):
         super().__init__()
         self.stage_dir = Path(stage_dir)
         self.validation = validation
         self.save_best = save_best
+        self.settings = settings
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -53,6 +56,7 @@ class EpochCommit(keras.callbacks.Callback):
             save_best=(lambda path: self.save_best(self.model, path, epoch + 1))
             if self.save_best
             else None,
+            settings=self.settings,
         )
 
 

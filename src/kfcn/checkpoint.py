@@ -4,10 +4,14 @@
 
     epoch-NNNN.weights.h5     model + optimizer state after epoch NNNN
     best-epoch-NNNN.keras     the best model so far (when validating)
-    state.json                {"epoch", "weights", "best", "history"}: the commit record
+    state.json                {"epoch", "weights", "best", "history", "files", "iterations",
+                              "settings"}: the commit record; "files" gives each named file's
+                              size and SHA-256, checked on resume, "settings" what the run's
+                              numbers depend on (`kfcn.resume`)
 
 An epoch is committed in this order: its weights file, then (if it improved) its best model, both
-written to temporary names and renamed; then `state.json` is replaced atomically. That rename
+written to temporary names, flushed to disk and renamed (the folder flushed after each rename);
+then `state.json` is replaced atomically. That rename
 *is* the commit: before it, the run is at the previous epoch; after it, at this one. Only then are
 the public files derived from the state: `history.csv` (rewritten from the state's rows) and
 `best.keras` (a hard link to the best model). A kill in between is repaired by `reconcile` when the
@@ -27,7 +31,7 @@ from pathlib import Path
 import keras
 
 from kfcn.errors import KfcnError
-from kfcn.fileio import atomic_write, publish, temp_files, temp_path
+from kfcn.fileio import atomic_write, publish, sha256_file, temp_files, temp_path
 from kfcn.runs import BEST_MODEL, CHECKPOINT_DIR, CONFIG_FILE, FINAL_MODEL, HISTORY_FILE
 
 STATE_FILE = "state.json"
@@ -40,27 +44,56 @@ def checkpoint_dir(stage_dir: str | Path) -> Path:
     return Path(stage_dir) / CHECKPOINT_DIR
 
 
-def read_state(stage_dir: str | Path) -> dict | None:
+def read_state(stage_dir: str | Path, verify: bool = True) -> dict | None:
     """The last committed epoch's state of a stage, or None when no epoch was committed.
 
+    Args:
+        stage_dir: the stage folder.
+        verify: check each named file's size and SHA-256 against the state's record.
+
     Raises:
-        KfcnError: `state.json` is unreadable or names a file that is missing.
+        KfcnError: `state.json` is unreadable, or names a file that is missing, truncated or
+            damaged; the message names the file and the ways out.
     """
     ckpt = checkpoint_dir(stage_dir)
     path = ckpt / STATE_FILE
     if not path.is_file():
         return None
-    hint = f"delete {ckpt} to train the stage from its start"
+    hint = f"start the stage over with --overwrite, or delete {ckpt}"
     try:
         state = json.loads(path.read_text())
         files = [state["weights"]] + ([state["best"]["file"]] if state.get("best") else [])
         int(state["epoch"])
+        recorded = state.get("files") or {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KfcnError(f"{path}: unreadable resume state ({exc}); {hint}") from None
     for name in files:
-        if not (ckpt / name).is_file():
-            raise KfcnError(f"{path} names {ckpt / name}, which is missing; {hint}")
+        file = ckpt / name
+        if not file.is_file():
+            raise KfcnError(f"{path} names {file}, which is missing; {hint}")
+        want = recorded.get(name)
+        if not verify or not isinstance(want, dict):
+            continue  # states written before checksums were recorded
+        size = file.stat().st_size
+        if size != want.get("size"):
+            raise KfcnError(
+                f"{file}: damaged checkpoint ({size:,} bytes, {want.get('size'):,} when "
+                f"committed: truncated); {hint}"
+            )
+        if sha256_file(file) != want.get("sha256"):
+            raise KfcnError(f"{file}: damaged checkpoint (its SHA-256 changed); {hint}")
     return state
+
+
+def optimizer_steps(model: keras.Model) -> int | None:
+    """The steps `model`'s optimizer has taken (any strategy), or None without an optimizer."""
+    if model.optimizer is None:
+        return None
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _file_record(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def history_csv(rows: list[dict]) -> str:
@@ -141,6 +174,7 @@ def commit_epoch(
     logs: dict,
     best_score: float | None = None,
     save_best: Callable[[Path], None] | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """Commit finished epoch `epoch` (1-based) and publish it.
 
@@ -151,6 +185,8 @@ def commit_epoch(
         logs: its metrics (train and val), one history row.
         best_score: the new best val mean IoU when this epoch improved it, else None.
         save_best: writes the model file for the best model to the path it is given.
+        settings: what the run's numbers depend on (`kfcn.resume.run_settings`), checked when
+            the stage resumes.
 
     Returns:
         The committed state.
@@ -158,7 +194,7 @@ def commit_epoch(
     stage_dir = Path(stage_dir)
     ckpt = checkpoint_dir(stage_dir)
     ckpt.mkdir(parents=True, exist_ok=True)
-    previous = read_state(stage_dir) or {}
+    previous = read_state(stage_dir, verify=False) or {}
     weights = f"epoch-{epoch:04d}.weights.h5"
     tmp = temp_path(ckpt / weights, suffix=".weights.h5")
     model.save_weights(tmp, overwrite=True)
@@ -169,7 +205,21 @@ def commit_epoch(
         save_best(ckpt / best["file"])
     row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
     rows = [r for r in previous.get("history", []) if r["epoch"] < epoch] + [row]
-    state = {"epoch": epoch, "weights": weights, "best": best, "history": rows}
+    files = {weights: _file_record(ckpt / weights)}
+    if best:
+        files[best["file"]] = previous.get("files", {}).get(best["file"]) or _file_record(
+            ckpt / best["file"]
+        )
+    iterations = optimizer_steps(model)
+    state = {
+        "epoch": epoch,
+        "weights": weights,
+        "best": best,
+        "history": rows,
+        "files": files,
+        "iterations": iterations,
+        "settings": settings,
+    }
     atomic_write(ckpt / STATE_FILE, json.dumps(state, indent=1))  # the commit
     publish_outputs(stage_dir, state)
     _remove_unreferenced(stage_dir, state)

@@ -1,12 +1,14 @@
 """Atomic file writes: a file is absent, its previous version, or complete — never partial.
 
 Everything kfcn writes (configs, reports, masks, model files, resume state) goes through a
-temporary file in the target folder and a rename. Files get the mode a plain `open` would give
+temporary file in the target folder and a rename. The file is flushed to disk before the rename
+and the folder after it, so a power cut leaves the old or the new file, never an empty one. Files get the mode a plain `open` would give
 them (0666 less the umask), not the 0600 of `tempfile.mkstemp`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -42,11 +44,32 @@ def temp_files(folder: str | os.PathLike, names) -> list[Path]:
     )
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries, i.e. renames) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Give the finished temporary file `tmp` the usual mode and rename it to `path`."""
+    """Give the finished temporary file `tmp` the usual mode, flush it to disk, rename it to
+    `path`, and flush the folder so that the rename survives a power cut."""
     os.chmod(tmp, default_mode())
+    fsync_path(tmp)
     os.replace(tmp, path)
+    fsync_path(Path(path).parent)
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -59,8 +82,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     try:
         with open(tmp, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
         return publish(tmp, path)
     finally:
         if tmp.exists():

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfcn import __version__, checkpoint
+from kfcn import __version__, checkpoint, resume
 from kfcn.callbacks import EpochCommit, KeyedDropoutSeeds, StopOnNonFinite, Validation
 from kfcn.config import STAGES, Config, save_config
 from kfcn.data import pipeline, records
@@ -208,8 +208,8 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     """Train one stage and return the path of its final model (already there: returned as is).
 
     Raises:
-        KfcnError: bad options, missing data or previous stage, unreadable resume state, or a
-            non-finite loss.
+        KfcnError: bad options, missing data or previous stage, unreadable resume state, a
+            resume under changed settings, or a non-finite loss.
     """
     if opts.stage not in STAGES:
         raise ConfigError(f"--stage {opts.stage!r}: expected one of {', '.join(STAGES)}")
@@ -221,7 +221,51 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     records.list_shards(opts.data_dir, "train")  # fail early, naming the data dir
     names, palette = dataset_classes(opts.data_dir, cfg)
     source = init_source(opts, cfg)
+    precision = _start_process(cfg, opts)
+    strategy = make_strategy(opts.strategy)
+    chief = is_chief(strategy)
+    state = _resume_state(strategy, chief, stage_dir, opts.overwrite)
+    counts = {s: _split_count(opts.data_dir, s) for s in ("train", "val")}
+    global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
+    steps = _steps_per_epoch(cfg, counts["train"], global_batch)
+    settings = resume.run_settings(
+        cfg,
+        mixed_precision=opts.mixed_precision,
+        jit=opts.jit,
+        init=resume.init_fingerprint(source),
+        data=resume.data_fingerprint(opts.data_dir),
+        replicas=strategy.num_replicas_in_sync,
+    )
+    if state is not None:
+        resume.check_resume(state, settings, stage_dir)
 
+    model = _compiled_model(strategy, opts, cfg, source, steps)
+    echo(_summary(opts, cfg, strategy, source, model, counts, global_batch, steps, precision))
+    first_epoch = _restore(model, state, stage_dir, steps, echo if chief else None)
+    if chief:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, stage_dir / CONFIG_FILE)
+    info = {**make_info(opts.stage, cfg, names, palette), "init": str(source)}
+
+    def save(model_, path: Path, epoch: int) -> None:
+        save_model(model_, path, {**info, "epoch": epoch})
+
+    callbacks = _callbacks(
+        cfg, opts, stage_dir, chief, counts, state, save, (names, palette), settings
+    )
+    _fit(model, strategy, cfg, opts, first_epoch, steps, callbacks, chief)
+    _raise_on_nonfinite(callbacks, stage_dir, chief)
+    if chief:
+        save(model, final, cfg.train.epochs)
+        # final.keras supersedes the resume state (~3x the model's size with Adam's moments);
+        # best.keras is a hard link, so it survives.
+        shutil.rmtree(checkpoint.checkpoint_dir(stage_dir), ignore_errors=True)
+        echo(f"stage {opts.stage} finished: {final}")
+    return final
+
+
+def _start_process(cfg: Config, opts: TrainOptions) -> str:
+    """Release earlier stages' graphs, set precision, seeds and determinism; the precision."""
     # Release the graphs and variables of earlier stages run in this process (~2 GB each).
     keras.backend.clear_session()
     gc.collect()
@@ -229,23 +273,31 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(opts.strategy)
-    chief = is_chief(strategy)
+    return precision
+
+
+def _resume_state(strategy, chief: bool, stage_dir: Path, overwrite: bool) -> dict | None:
+    """The committed state every worker resumes from (None: from the start)."""
     state = None
     if chief:  # only the chief deletes or writes shared outputs
-        if opts.overwrite and stage_dir.exists():
+        if overwrite and stage_dir.exists():
             shutil.rmtree(stage_dir)
         state = checkpoint.reconcile(stage_dir)
-    state = agree_on_resume_state(strategy, chief, stage_dir, state)
-    global_batch = cfg.train.batch_size * strategy.num_replicas_in_sync
-    counts = {s: _split_count(opts.data_dir, s) for s in ("train", "val")}
-    steps = cfg.train.steps_per_epoch or counts["train"] // global_batch
+    return agree_on_resume_state(strategy, chief, stage_dir, state)
+
+
+def _steps_per_epoch(cfg: Config, train_count: int, global_batch: int) -> int:
+    steps = cfg.train.steps_per_epoch or train_count // global_batch
     if steps < 1:
         raise ConfigError(
-            f"the train split has {counts['train']} images, fewer than one global batch of "
+            f"the train split has {train_count} images, fewer than one global batch of "
             f"{global_batch}; lower train.batch_size or set train.steps_per_epoch"
         )
+    return steps
 
+
+def _compiled_model(strategy, opts: TrainOptions, cfg: Config, source, steps: int) -> keras.Model:
+    """The stage's model, compiled, its optimizer and metric variables built, in the scope."""
     with strategy.scope():
         model, _ = build_stage_model(opts, cfg, source)
         model.compile(
@@ -259,24 +311,22 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
         )
         size = cfg.data.crop_size
         build_for_fit(model, (size, size, 3), (size, size))
-    echo(_summary(opts, cfg, strategy, source, model, counts, global_batch, steps, precision))
-    first_epoch = 0
-    if state is not None:
-        weights = checkpoint.checkpoint_dir(stage_dir) / state["weights"]
-        model.load_weights(weights)
-        first_epoch = state["epoch"]
-        if chief:
-            echo(f"resuming from epoch {first_epoch} ({weights})")
+    return model
 
-    if chief:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, stage_dir / CONFIG_FILE)
-    info = {**make_info(opts.stage, cfg, names, palette), "init": str(source)}
 
-    def save(model_, path: Path, epoch: int) -> None:
-        save_model(model_, path, {**info, "epoch": epoch})
+def _restore(model: keras.Model, state: dict | None, stage_dir: Path, steps: int, echo) -> int:
+    """Load the committed epoch's weights and optimizer state; the epoch to continue from."""
+    if state is None:
+        return 0
+    weights = checkpoint.checkpoint_dir(stage_dir) / state["weights"]
+    model.load_weights(weights)
+    resume.check_iterations(state, checkpoint.optimizer_steps(model), steps, weights)
+    if echo is not None:
+        echo(f"resuming from epoch {state['epoch']} ({weights})")
+    return int(state["epoch"])
 
-    callbacks = _callbacks(cfg, opts, stage_dir, chief, counts, state, save, (names, palette))
+
+def _fit(model, strategy, cfg: Config, opts: TrainOptions, first_epoch, steps, callbacks, chief):
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.train_dataset(
             opts.data_dir,
@@ -298,22 +348,19 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
         callbacks=callbacks,
         verbose=1 if chief else 0,
     )
+
+
+def _raise_on_nonfinite(callbacks: list, stage_dir: Path, chief: bool) -> None:
     nan_guard = next(c for c in callbacks if isinstance(c, StopOnNonFinite))
-    if nan_guard.bad_at is not None:
-        state = checkpoint.read_state(stage_dir) if chief else None
-        kept = f"epoch {state['epoch']}" if state else "none yet"
-        raise KfcnError(
-            f"the loss became NaN/Inf at epoch {nan_guard.bad_at[0]}, step {nan_guard.bad_at[1]}; "
-            f"training stopped; last good checkpoint: {kept} in "
-            f"{checkpoint.checkpoint_dir(stage_dir)}. Lower train.learning_rate or check the data."
-        )
-    if chief:
-        save(model, final, cfg.train.epochs)
-        # final.keras supersedes the resume state (~3x the model's size with Adam's moments);
-        # best.keras is a hard link, so it survives.
-        shutil.rmtree(checkpoint.checkpoint_dir(stage_dir), ignore_errors=True)
-        echo(f"stage {opts.stage} finished: {final}")
-    return final
+    if nan_guard.bad_at is None:
+        return
+    state = checkpoint.read_state(stage_dir) if chief else None
+    kept = f"epoch {state['epoch']}" if state else "none yet"
+    raise KfcnError(
+        f"the loss became NaN/Inf at epoch {nan_guard.bad_at[0]}, step {nan_guard.bad_at[1]}; "
+        f"training stopped; last good checkpoint: {kept} in "
+        f"{checkpoint.checkpoint_dir(stage_dir)}. Lower train.learning_rate or check the data."
+    )
 
 
 def agree_on_resume_state(
@@ -374,7 +421,9 @@ def _local_replicas(strategy) -> int:
     return len(strategy.extended.worker_devices)
 
 
-def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, save, classes) -> list:
+def _callbacks(
+    cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, save, classes, settings
+) -> list:
     """Nan guard, keyed dropout, then on the chief: validation, the epoch commit, TensorBoard."""
     callbacks: list[keras.callbacks.Callback] = [
         StopOnNonFinite(),
@@ -400,7 +449,7 @@ def _callbacks(cfg, opts, stage_dir: Path, chief: bool, counts: dict, state, sav
             best=best.get("val_mean_iou", -1.0),
         )
         callbacks.append(validation)
-    callbacks.append(EpochCommit(stage_dir, validation, save))
+    callbacks.append(EpochCommit(stage_dir, validation, save, settings))
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(stage_dir / LOGS_DIR), write_graph=False))
     if summaries is not None:
