@@ -521,3 +521,45 @@ def test_nonfinite_loss_raises_and_keeps_checkpoint(data_dir, tmp_path):
     with pytest.raises(KfcnError, match="NaN/Inf"):
         train_stage(cfg, TrainOptions("fcn32", data_dir, tmp_path), echo=lambda *_: None)
     assert not (tmp_path / "fcn32" / "final.keras").exists()
+
+
+def test_init_model_with_other_classes_is_refused_unless_reinit_head(tmp_path):
+    """--init MODEL on data whose class list differs (here: the same names, reordered) names
+    both lists; with --reinit-head every layer but the score layers is loaded."""
+    from .tiny_model import CLASS_NAMES, save_tiny_model
+
+    source, tiny, _ = save_tiny_model(tmp_path)
+    reordered = tmp_path / "reordered"
+    write_shards(
+        reordered,
+        "train",
+        2,
+        size=(64, 64),
+        num_classes=4,
+        class_names=[CLASS_NAMES[i] for i in (0, 2, 1, 3)],
+    )
+    sets = [
+        a
+        for s in [*TINY, "train.validate=false", "train.learning_rate=0", "train.steps_per_epoch=1"]
+        for a in ("--set", s)
+    ]
+    args = ["train", "--stage", "fcn8", "--init", source, *sets]
+    refused = CliRunner().invoke(
+        main, [*args, "--data-dir", reordered, "--run-dir", tmp_path / "a"]
+    )
+    assert refused.exit_code == 1, refused.output
+    (line,) = [x for x in refused.output.splitlines() if "error" in x]
+    assert str(CLASS_NAMES) in line and "'tree', 'road'" in line and "--reinit-head" in line
+    other = tmp_path / "other"
+    write_shards(
+        other, "train", 2, size=(64, 64), num_classes=3, class_names=["background", "car", "person"]
+    )
+    run = tmp_path / "b"
+    done = CliRunner().invoke(main, [*args, "--data-dir", other, "--run-dir", run, "--reinit-head"])
+    assert done.exit_code == 0, done.output
+    tuned, info = load_model(run / "fcn8" / "final.keras")
+    assert info["class_names"] == ["background", "car", "person"]
+    for name in ("block1_conv1", "block5_conv3", "fc7"):
+        np.testing.assert_array_equal(_kernel(tuned, name), _kernel(tiny, name))
+    assert _kernel(tuned, "score_fr").shape[-1] == 3
+    assert not _kernel(tuned, "score_fr").any()  # fresh (zero-initialised), not loaded

@@ -444,6 +444,12 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
 )
 @click.option("--jit", is_flag=True, help="Compile the train step with XLA.")
 @click.option("--overwrite", is_flag=True, help="Train a finished stage again from scratch.")
+@click.option(
+    "--reinit-head",
+    is_flag=True,
+    help="Start the score layers fresh: load every other layer of the model the stage starts "
+    "from, for a model trained on other classes than the data's.",
+)
 def train(
     stage,
     data_dir,
@@ -455,6 +461,7 @@ def train(
     mixed_precision,
     jit,
     overwrite,
+    reinit_head,
 ) -> None:
     """Train FCN-32s, FCN-16s or FCN-8s on prepared shards.
 
@@ -468,7 +475,9 @@ def train(
     cfg = load_config(config_path, overrides)
     _check_default("data_dir", "--data-dir DIR (or set KFCN_DATA_DIR)", "prepared records")
     _echo_devices()
-    opts = TrainOptions(stage, data_dir, run_dir, init, strategy, mixed_precision, jit, overwrite)
+    opts = TrainOptions(
+        stage, data_dir, run_dir, init, strategy, mixed_precision, jit, overwrite, reinit_head
+    )
     train_stage(cfg, opts, echo=click.echo)
 
 

@@ -30,7 +30,14 @@ from kfcn.evaluate import score_split
 from kfcn.keras_compat import build_for_fit, patch_multiworker_reduce
 from kfcn.losses import MaskedSparseCrossEntropy
 from kfcn.metrics import MeanIoU, PixelAccuracy
-from kfcn.models import apply_freeze, build_fcn, make_info, save_model, transfer_weights
+from kfcn.models import (
+    apply_freeze,
+    build_fcn,
+    load_model,
+    make_info,
+    save_model,
+    transfer_weights,
+)
 from kfcn.palette import VOC_CLASSES, voc_colormap
 from kfcn.runs import CONFIG_FILE, FINAL_MODEL, LOGS_DIR
 from kfcn.summaries import SegmentationSummaries
@@ -50,6 +57,7 @@ class TrainOptions:
     mixed_precision: bool = False
     jit: bool = False
     overwrite: bool = False
+    reinit_head: bool = False
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -140,8 +148,15 @@ def _learning_rate(cfg: Config, total_steps: int):
     return lr
 
 
-def build_stage_model(opts: TrainOptions, cfg: Config, source) -> tuple[keras.Model, list[str]]:
-    """Build the stage's model, take the previous stage's weights, apply the freeze patterns."""
+def build_stage_model(
+    opts: TrainOptions, cfg: Config, source, class_names: list[str] | None = None
+) -> tuple[keras.Model, list[str]]:
+    """Build the stage's model, take the previous stage's weights, apply the freeze patterns.
+
+    Raises:
+        KfcnError: the model it starts from predicts other classes than `class_names` (in
+            count or order) and `opts.reinit_head` is off.
+    """
     from_backbone = opts.stage == "fcn32" and not isinstance(source, Path)
     model = build_fcn(
         opts.stage,
@@ -154,9 +169,29 @@ def build_stage_model(opts: TrainOptions, cfg: Config, source) -> tuple[keras.Mo
         widths=cfg.model.widths,
     )
     if not from_backbone:
-        transfer_weights(source, model)
+        previous, info = load_model(source)
+        if class_names is not None and not opts.reinit_head:
+            check_same_classes(source, info.get("class_names"), class_names)
+        transfer_weights(previous, model, reinit_head=opts.reinit_head)
+        del previous
     frozen = apply_freeze(model, cfg.model.freeze[opts.stage])
     return model, frozen
+
+
+def check_same_classes(source: Path, model_classes, data_classes: list[str]) -> None:
+    """Refuse a model whose class list differs from the data's (in count or order).
+
+    Raises:
+        KfcnError: naming both lists and --reinit-head.
+    """
+    if model_classes is None or [str(c) for c in model_classes] == list(data_classes):
+        return
+    raise KfcnError(
+        f"{source} predicts {len(model_classes)} classes {list(model_classes)}, but the data has "
+        f"{len(data_classes)} classes {list(data_classes)} (they must match in count and order); "
+        "pass --reinit-head to load every layer but the score layers, which then start fresh "
+        "and learn the data's classes"
+    )
 
 
 def _param_count(weights) -> int:
@@ -232,14 +267,15 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
         cfg,
         mixed_precision=opts.mixed_precision,
         jit=opts.jit,
-        init=resume.init_fingerprint(source),
+        init=resume.init_fingerprint(source)
+        + (" (head reinitialised)" if opts.reinit_head else ""),
         data=resume.data_fingerprint(opts.data_dir),
         replicas=strategy.num_replicas_in_sync,
     )
     if state is not None:
         resume.check_resume(state, settings, stage_dir)
 
-    model = _compiled_model(strategy, opts, cfg, source, steps)
+    model = _compiled_model(strategy, opts, cfg, source, steps, names)
     echo(_summary(opts, cfg, strategy, source, model, counts, global_batch, steps, precision))
     first_epoch = _restore(model, state, stage_dir, steps, echo if chief else None)
     if chief:
@@ -296,10 +332,10 @@ def _steps_per_epoch(cfg: Config, train_count: int, global_batch: int) -> int:
     return steps
 
 
-def _compiled_model(strategy, opts: TrainOptions, cfg: Config, source, steps: int) -> keras.Model:
+def _compiled_model(strategy, opts: TrainOptions, cfg: Config, source, steps: int, names):
     """The stage's model, compiled, its optimizer and metric variables built, in the scope."""
     with strategy.scope():
-        model, _ = build_stage_model(opts, cfg, source)
+        model, _ = build_stage_model(opts, cfg, source, names)
         model.compile(
             optimizer=keras.optimizers.Adam(_learning_rate(cfg, steps * cfg.train.epochs)),
             loss=MaskedSparseCrossEntropy(),

@@ -209,7 +209,21 @@ def num_classes_of(model: keras.Model) -> int:
     return int(model.output.shape[-1])
 
 
-def transfer_weights(source, target: keras.Model) -> list[str]:
+# The layers whose weights depend on the classes: the score layers and the upsampling between
+# them (C -> C transposed convolutions). `reinit_head` leaves them as built.
+HEAD_LAYERS = (
+    "score_fr",
+    "score_pool4",
+    "score_pool3",
+    "upscore2",
+    "upscore_pool4",
+    "upscore8",
+    "upscore16",
+    "upscore32",
+)
+
+
+def transfer_weights(source, target: keras.Model, reinit_head: bool = False) -> list[str]:
     """Initialise `target` from a trained earlier stage: FCN-16s from FCN-32s, FCN-8s from FCN-16s.
 
     Every layer of `target` that has weights and a namesake in `source` takes that layer's weights
@@ -219,6 +233,8 @@ def transfer_weights(source, target: keras.Model) -> list[str]:
     Args:
         source: a model, or the path of a model file saved by `kfcn.models.save_model`.
         target: the model to initialise, in place.
+        reinit_head: leave the class-dependent layers (`HEAD_LAYERS`) as built, so that a model
+            trained on other classes initialises everything else (fine-tuning on new classes).
 
     Returns:
         The names of the layers whose weights were copied.
@@ -240,14 +256,14 @@ def transfer_weights(source, target: keras.Model) -> list[str]:
             "set model.backbone to match the earlier stage"
         )
     src_c, dst_c = num_classes_of(source), num_classes_of(target)
-    if src_c != dst_c:
+    if src_c != dst_c and not reinit_head:
         raise ModelError(
             f"{where}: predicts {src_c} classes but the new model has {dst_c}; "
             "set model.num_classes to match the earlier stage"
         )
     copied = []
     for layer in target.layers:
-        if not layer.weights:
+        if not layer.weights or (reinit_head and layer.name in HEAD_LAYERS):
             continue
         try:
             src_layer = source.get_layer(layer.name)
