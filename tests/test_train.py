@@ -563,3 +563,27 @@ def test_init_model_with_other_classes_is_refused_unless_reinit_head(tmp_path):
         np.testing.assert_array_equal(_kernel(tuned, name), _kernel(tiny, name))
     assert _kernel(tuned, "score_fr").shape[-1] == 3
     assert not _kernel(tuned, "score_fr").any()  # fresh (zero-initialised), not loaded
+
+
+def test_workers_stop_when_the_chief_fails_before_joining(data_dir, tmp_path):
+    """A chief with a bad --data-dir fails at once; worker 1 stops within KFCN_WORKER_TIMEOUT
+    with one line saying so and the chief's error from the shared run folder."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index, data in ((0, tmp_path / "missing"), (1, data_dir)):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        args = ["train", "--stage", "fcn32", "--data-dir", data, "--run-dir", tmp_path / "run"]
+        sets = [a for s in TINY for a in ("--set", s)]
+        env = {"TF_CONFIG": tf_config, "KFCN_WORKER_TIMEOUT": "5"}
+        procs.append(_kfcn(*args, *sets, "--strategy", "multiworker", env=env))
+    started = time.time()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert time.time() - started < 90
+    chief_line = [x for x in outs[0].splitlines() if "error" in x][-1]
+    assert "missing" in chief_line, outs[0]
+    (line,) = [x for x in outs[1].splitlines() if "kfcn: error" in x]
+    assert "worker 1: the chief (worker 0, 127.0.0.1:" in line, line
+    assert "did not start within 5 s" in line, line
+    assert "missing" in line  # the chief's own error, read from the shared run folder

@@ -14,6 +14,8 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from kfcn.config import STAGES, Config, save_config
 from kfcn.data import pipeline, records
 from kfcn.errors import ConfigError, KfcnError
 from kfcn.evaluate import score_split
+from kfcn.fileio import atomic_write
 from kfcn.keras_compat import build_for_fit, patch_multiworker_reduce
 from kfcn.losses import MaskedSparseCrossEntropy
 from kfcn.metrics import MeanIoU, PixelAccuracy
@@ -60,7 +63,7 @@ class TrainOptions:
     reinit_head: bool = False
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, run_dir: Path | None = None) -> tf.distribute.Strategy:
     """`auto` picks multi-worker when TF_CONFIG is set, mirrored with several GPUs, else default."""
     if name not in STRATEGIES:
         raise ConfigError(f"--strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
@@ -78,13 +81,79 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                 "--strategy multiworker needs TF_CONFIG (see README: several machines)"
             )
         try:
-            json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as exc:
+            task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        except (json.JSONDecodeError, AttributeError) as exc:
             raise ConfigError(f"TF_CONFIG is not valid JSON ({exc})") from None
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _meet_workers(task.get("index", "?"), run_dir)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+CHIEF_ERROR = Path(".kfcn-chief-error")  # in the run folder: the chief's last start-up error
+
+
+def read_chief_error(run_dir: Path | None) -> str | None:
+    """The start-up error the chief (worker 0) left in the shared run folder, if any."""
+    try:
+        return (Path(run_dir) / CHIEF_ERROR).read_text().strip() if run_dir else None
+    except OSError:
+        return None
+
+
+def _task_index() -> int | None:
+    """This process's worker index in TF_CONFIG, or None outside a multi-worker cluster."""
+    try:
+        return int(json.loads(os.environ.get("TF_CONFIG") or "{}")["task"]["index"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def worker_timeout() -> float:
+    """Seconds the workers of a multi-worker run wait for each other to start
+    (`KFCN_WORKER_TIMEOUT`, default 120)."""
+    try:
+        return float(os.environ.get("KFCN_WORKER_TIMEOUT", "120"))
+    except ValueError:
+        raise ConfigError(
+            f"KFCN_WORKER_TIMEOUT = {os.environ['KFCN_WORKER_TIMEOUT']!r}: expected seconds"
+        ) from None
+
+
+def _meet_workers(index, run_dir: Path | None) -> tf.distribute.Strategy:
+    """The multi-worker strategy. A worker other than the chief first waits, at most
+    `worker_timeout` seconds, for the chief's port to open: a chief that failed before joining
+    (a bad data dir, a bad config) never opens it, and TensorFlow's own start-up would wait far
+    longer. Then one line, with the chief's error where the run folder is shared.
+
+    Raises:
+        KfcnError: the chief did not start in time.
+    """
+    timeout = worker_timeout()
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    chief = (cluster.get("chief") or cluster.get("worker") or [None])[0]
+    if index not in (0, "?") and chief and not _port_opens(chief, timeout):
+        error = read_chief_error(run_dir)
+        raise KfcnError(
+            f"worker {index}: the chief (worker 0, {chief}) did not start within {timeout:g} s"
+            + (f"; the chief's error: {error}" if error else "")
+            + " (KFCN_WORKER_TIMEOUT sets the wait)"
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _port_opens(address: str, timeout: float) -> bool:
+    """Whether `host:port` accepts a TCP connection within `timeout` seconds."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.25)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -253,11 +322,18 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     if final.is_file() and not opts.overwrite:
         echo(f"stage {opts.stage} is already finished: {final} (use --overwrite to train it again)")
         return final
-    records.list_shards(opts.data_dir, "train")  # fail early, naming the data dir
-    names, palette = dataset_classes(opts.data_dir, cfg)
-    source = init_source(opts, cfg)
+    try:
+        records.list_shards(opts.data_dir, "train")  # fail early, naming the data dir
+        names, palette = dataset_classes(opts.data_dir, cfg)
+        source = init_source(opts, cfg)
+    except KfcnError as exc:
+        if _task_index() == 0:  # tell the other workers, which wait for this one
+            atomic_write(Path(opts.run_dir) / CHIEF_ERROR, f"{exc}\n")
+        raise
     precision = _start_process(cfg, opts)
-    strategy = make_strategy(opts.strategy)
+    strategy = make_strategy(opts.strategy, Path(opts.run_dir))
+    if _task_index() == 0:
+        (Path(opts.run_dir) / CHIEF_ERROR).unlink(missing_ok=True)
     chief = is_chief(strategy)
     state = _resume_state(strategy, chief, stage_dir, opts.overwrite)
     counts = {s: _split_count(opts.data_dir, s) for s in ("train", "val")}
