@@ -208,11 +208,15 @@ def _load_tflite(path: Path) -> Exported:
         raise _fail(path, "not a TFLite file (no TFL3 flatbuffer identifier)")
     try:
         interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-        runner = interpreter.get_signature_runner(SIGNATURE)
-        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        signatures = interpreter.get_signature_list()
         meta = tflite_metadata(flatbuffer)
     except Exception as exc:  # the interpreter raises ValueError/RuntimeError on damaged files
         raise _fail(path, f"truncated or corrupt TFLite file ({_first_line(exc)})") from None
+    if SIGNATURE not in signatures:
+        found = ", ".join(map(repr, signatures)) or "none"
+        raise _fail(path, f"not kfcn's export interface (no {SIGNATURE!r} signature; {found})")
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
     spec = inputs.get(INPUT)
     if (
         set(inputs) != {INPUT}
