@@ -484,8 +484,9 @@ def train(
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Report file (.json); the confusion matrix picture goes beside it (.png). "
-    "[default: beside the model, MODEL_STEM-eval-SPLIT.json, with -firstN, -tta..., "
-    "-ensembleK-HASH added for --max-images, --tta, ensembles]",
+    "[default: beside the model, MODEL_STEM-eval-SPLIT...json, with -firstN, -tta..., "
+    "-ensembleK-HASH for --max-images, --tta, ensembles, then the format, precision and data "
+    "directory]",
 )
 @BATCH_SIZE_OPTION
 @click.option(
