@@ -6,7 +6,8 @@ PY     := $(VENV)/bin/python
 # Linux machines with an NVIDIA GPU; without them TensorFlow sees no GPU and runs on the CPU.
 GPU    ?=
 comma  := ,
-EXTRAS := test$(if $(filter 1,$(GPU)),$(comma)gpu)
+# The tests also export and score ONNX files: the `onnx` extra comes with them.
+EXTRAS := test$(comma)onnx$(if $(filter 1,$(GPU)),$(comma)gpu)
 STAMP  := $(VENV)/.kfcn-installed$(if $(filter 1,$(GPU)),-gpu)
 LINT   := src tests $(wildcard bench)
 

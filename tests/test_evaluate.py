@@ -149,16 +149,21 @@ def test_cli_run_dir_takes_the_latest_stage_and_reports_beside_it(tiny, data_dir
     args = ["evaluate", "--data-dir", str(data_dir), "--model", str(run), "--max-images", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    # The report's name says that only the first image was scored.
-    report = json.loads((run / "fcn16" / "final-eval-val-first1.json").read_text())
+    # The report's name says that only the first image was scored, with the model's format,
+    # the precision and the data directory.
+    (first1,) = (run / "fcn16").glob("final-eval-val-first1-*.json")
+    assert first1.name.startswith(f"final-eval-val-first1-keras-float32-{data_dir.name}-")
+    report = json.loads(first1.read_text())
     assert report["model"] == str(run / "fcn16" / "final.keras")
     assert report["num_images"] == 1 and report["max_images"] == 1
-    assert (run / "fcn16" / "final-eval-val-first1.png").is_file()
+    assert report["format"] == "keras" and report["quantization"] == "none"
+    assert first1.with_suffix(".png").is_file()
     # Another setting writes another report, and leaves the first one alone.
     result = CliRunner().invoke(main, [*args[:-1], "2"])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "fcn16" / "final-eval-val-first2.json").read_text())["num_images"] == 2
-    assert json.loads((run / "fcn16" / "final-eval-val-first1.json").read_text()) == report
+    (first2,) = (run / "fcn16").glob("final-eval-val-first2-*.json")
+    assert json.loads(first2.read_text())["num_images"] == 2
+    assert json.loads(first1.read_text()) == report
 
 
 def test_default_report_names_differ_by_setting(tmp_path):
@@ -183,6 +188,27 @@ def test_default_report_names_differ_by_setting(tmp_path):
     assert names["ensemble"].name.startswith("final-eval-val-ensemble2-")
     del names["one-model"]
     assert len(set(names.values())) == len(names)  # every setting has its own file
+
+
+def test_default_report_names_differ_by_data_precision_and_format(tmp_path):
+    model = tmp_path / "fcn8" / "final.keras"
+    base = {"data_dir": tmp_path / "a" / "records", "precision": "float32", "fmt": "keras"}
+    names = {
+        "base": default_report_path(model, "val", **base),
+        "other data, same name": default_report_path(
+            model, "val", **{**base, "data_dir": tmp_path / "b" / "records"}
+        ),
+        "bfloat16": default_report_path(model, "val", **{**base, "precision": "bfloat16"}),
+        "sized": default_report_path(model, "val", **base, size=(64, 96)),
+        "tflite": default_report_path(model, "val", **{**base, "fmt": "tflite"}),
+        "tflite-int8": default_report_path(
+            model, "val", **{**base, "fmt": "tflite"}, quantization="int8"
+        ),
+    }
+    assert len(set(names.values())) == len(names)
+    assert names["base"].name.startswith("final-eval-val-keras-float32-records-")
+    assert "-tflite-int8-" in names["tflite-int8"].name
+    assert "-64x96-" in names["sized"].name
 
 
 def _info_only(path: Path, class_names: list[str]) -> Path:

@@ -120,11 +120,11 @@ def test_resize_pad_mode_pads_labels_with_ignore(data):
     ds = pipeline.train_dataset(root, "train", cfg, batch_size=2, seed=0)
     images, labels = take(ds, 1)[0]
     assert images.shape == (2, 64, 64, 3) and labels.shape == (2, 64, 64)
-    # 32x48 fits as 42x64 with 10 padded rows above and 12 below.
-    assert (labels[:, :10] == IGNORE_LABEL).all() and (labels[:, 52:] == IGNORE_LABEL).all()
-    assert (labels[:, 10:52] != IGNORE_LABEL).mean() > 0.7
+    # 32x48 fits as 42x64 with 22 padded rows below (bottom-right, as inference pads).
+    assert (labels[:, 42:] == IGNORE_LABEL).all()
+    assert (labels[:, :42] != IGNORE_LABEL).mean() > 0.7
     # Padded with the mean colour, as inference pads (zero after preprocessing).
-    np.testing.assert_allclose(images[:, :10], np.broadcast_to(IMAGENET_MEAN_RGB, (2, 10, 64, 3)))
+    np.testing.assert_allclose(images[:, 42:], np.broadcast_to(IMAGENET_MEAN_RGB, (2, 22, 64, 3)))
 
 
 @pytest.mark.parametrize("per_shard", [2, 10])  # 5 files: by file; 1 file: by record

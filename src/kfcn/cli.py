@@ -493,8 +493,9 @@ def train(
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Report file (.json); the confusion matrix picture goes beside it (.png). "
-    "[default: beside the model, MODEL_STEM-eval-SPLIT.json, with -firstN, -tta..., "
-    "-ensembleK-HASH added for --max-images, --tta, ensembles]",
+    "[default: beside the model, MODEL_STEM-eval-SPLIT...json, with -firstN, -tta..., "
+    "-ensembleK-HASH for --max-images, --tta, ensembles, then the format, precision and data "
+    "directory]",
 )
 @BATCH_SIZE_OPTION
 @click.option(
@@ -515,6 +516,14 @@ def train(
     show_default=True,
     help="--report: how many worst and how many best images to show.",
 )
+@click.option(
+    "--size",
+    "fit_size",
+    default=None,
+    metavar="HxW",
+    help="Fit every image to HxW (resize keeping the aspect ratio, pad) and bring the "
+    "probabilities back, as a TFLite file of that size is scored (its baseline).",
+)
 def evaluate(
     split,
     data_dir,
@@ -528,8 +537,13 @@ def evaluate(
     precision,
     report_dir,
     report_images,
+    fit_size,
 ) -> None:
     """Score a model on every image of a prepared split, each at its original resolution.
+
+    MODEL may also be a file written by `kfcn export` (a SavedModel directory, a .tflite file
+    of any quantization, an .onnx file), scored the same way; a TFLite file's images are fitted
+    to its input size. The report names the format, the quantization and the file.
 
     Prints pixel accuracy, mean accuracy, mean IoU and frequency-weighted IoU (from one
     confusion matrix over the split, label 255 ignored) and the IoU of every class, then writes
@@ -563,6 +577,7 @@ def evaluate(
         tta=setting,
         precision=precision,
         on_image=gallery.add if gallery else None,
+        size=_parse_fit_size(fit_size),
     )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or report_path_of(report))
@@ -647,14 +662,15 @@ def predict(
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(["saved_model", "tflite"]),
-    help="saved_model: a directory, images of any size; tflite: one file, one size (--size).",
+    type=click.Choice(["saved_model", "tflite", "onnx"]),
+    help="saved_model: a directory, images of any size; tflite: one file, one size (--size); "
+    "onnx: one file, images of any size (needs pip install 'kfcn[onnx]').",
 )
 @click.option(
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="SavedModel directory, or .tflite file (an earlier export there is replaced).",
+    help="SavedModel directory, or .tflite or .onnx file (an earlier export there is replaced).",
 )
 @click.option("--size", default=None, metavar="HxW", help="tflite: the input image size.")
 @click.option(
@@ -671,7 +687,14 @@ def predict(
     default=None,
     help="--quantize int8: a directory written by `kfcn prepare`; its train images calibrate.",
 )
-def export(model, fmt, out, size, quantize, calibration_data) -> None:
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="--quantize int8: how many train images (a seeded sample of all shards) calibrate.",
+)
+def export(model, fmt, out, size, quantize, calibration_data, calibration_images) -> None:
     """Export a model with its padding for serving, without kfcn or Keras.
 
     \b
@@ -679,6 +702,8 @@ def export(model, fmt, out, size, quantize, calibration_data) -> None:
                  -> mask (H, W) uint8 class indices, probabilities (H, W, C) float32
     tflite       signature serving_default: image (1, H, W, 3) uint8 RGB of --size
                  -> mask (1, H, W) uint8, probabilities (1, H, W, C) float32
+    onnx         input image (H, W, 3) uint8 RGB, any size
+                 -> mask (H, W) uint8, probabilities (H, W, C) float32
     Class names, palette and variant go to OUT/assets.extra/kfcn.json (SavedModel) or to
     OUT with .json instead of .tflite. tflite --quantize float16/dynamic/int8 shrinks the file;
     input and mask stay uint8.
@@ -686,8 +711,17 @@ def export(model, fmt, out, size, quantize, calibration_data) -> None:
     from kfcn.export import export_model, parse_size
 
     size = parse_size(size) if size is not None else None
-    written = export_model(model, fmt, out, size, quantize, calibration_data)
+    written = export_model(model, fmt, out, size, quantize, calibration_data, calibration_images)
     click.echo(f"wrote {written}")
+
+
+def _parse_fit_size(text: str | None) -> tuple[int, int] | None:
+    """`evaluate --size HxW`, or None."""
+    if text is None:
+        return None
+    from kfcn.export import parse_size
+
+    return parse_size(text)
 
 
 def run() -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from kfcn import metrics
 from kfcn.data import pipeline, records
 from kfcn.errors import DataError
+from kfcn.exported import load_format_predictor
 from kfcn.images import encode_image, write_atomic
 from kfcn.inference import DEFAULT_SCALES, TTA, Predictor, load_predictor, model_paths
 from kfcn.metrics import ConfusionMatrix
@@ -63,7 +64,8 @@ def confusion_over_split(
     if max_images is not None:
         dataset = dataset.take(max_images)
         total = min(total, max_images)
-    predictor = model if isinstance(model, Predictor) else Predictor([model])
+    # A Predictor, or anything that predicts like one (`kfcn.exported.FormatPredictor`).
+    predictor = model if hasattr(model, "classes") else Predictor([model])
     examples = (
         (ex["image"].numpy(), ex["label"].numpy(), ex["id"].numpy().decode()) for ex in dataset
     )
@@ -108,12 +110,14 @@ def evaluate_model(
     tta: TTA | None = None,
     precision: str = "float32",
     on_image: Callable | None = None,
+    size: tuple[int, int] | None = None,
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
     Args:
         model: a `.keras` file, or a run directory (its latest finished stage; see
-            `kfcn.runs.resolve_model`); or several, whose probabilities are averaged.
+            `kfcn.runs.resolve_model`); or several, whose probabilities are averaged; or one
+            file written by `kfcn export` (SavedModel directory, TFLite or ONNX file).
         data_dir: directory written by `kfcn prepare`.
         split: any split present in `data_dir`.
         batch_size: images per model call (only images of one padded size share a call).
@@ -123,21 +127,32 @@ def evaluate_model(
         tta: test-time augmentation (flip, scales), or None.
         precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
         on_image: called as `on_image(id, image, label, pred)` for every image scored.
+        size: fit every image to this (H, W) (`kfcn.fitting`) and bring the probabilities
+            back, as a TFLite file of that size is scored; None: each image at its own size
+            (a TFLite file always at its own input size).
 
     Returns:
         The report (see `make_report`), with `model` (the first file), `models` (all files),
-        `tta` (the `TTA.as_dict()` setting, or None) and `precision`.
+        `tta` (the `TTA.as_dict()` setting, or None), `precision`, and `format`
+        ('keras', 'saved_model', 'tflite', 'onnx'), `quantization`, `file`, `size` and
+        `fitting` (None for any size).
 
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
         DataError: `split` is absent (the message lists the splits present), or the data's
             class names (or, for data without names, its class count) differ from the model's.
     """
-    paths = model_paths(model, ensemble)
-    class_names = model_info(paths[0])["class_names"]
+    loaded = load_format_predictor(model, ensemble, tta, precision, size)
+    if loaded is None:  # .keras models at each image's size
+        paths = model_paths(model, ensemble)
+        class_names = model_info(paths[0])["class_names"]
+    else:
+        predictor, info, paths = loaded
+        class_names = info["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
     _check_classes(data_dir, paths[0], class_names)
-    predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
+    if loaded is None:
+        predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
     cm, count = confusion_over_split(
         predictor, data_dir, split, len(class_names), max_images, progress, batch_size, on_image
     )
@@ -148,6 +163,12 @@ def evaluate_model(
     report["tta"] = tta.as_dict() if tta else None
     report["max_images"] = max_images
     report["precision"] = precision
+    described = predictor.describe()
+    report["format"] = described.get("format", "keras")
+    report["quantization"] = described.get("quantization", "none")
+    report["file"] = described.get("file", str(paths[0]))
+    report["size"] = described.get("size")
+    report["fitting"] = described.get("fitting")
     return report
 
 
@@ -225,6 +246,7 @@ def format_table(report: dict) -> str:
             else "none"
         ),
         f"precision: {report.get('precision', 'float32')}",
+        *_format_lines(report),
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]
@@ -238,6 +260,18 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _format_lines(report: dict) -> list[str]:
+    """The format, quantization, file and fixed size of a report, as table lines."""
+    if "format" not in report:
+        return []
+    lines = [f"format: {report['format']} (quantization {report.get('quantization', 'none')})"]
+    lines.append(f"file: {report.get('file', report.get('model', '?'))}")
+    if report.get("size"):
+        height, width = report["size"]
+        lines.append(f"input size: {height}x{width} (fitted by {report.get('fitting')})")
+    return lines
+
+
 def default_report_path(
     model_path: str | Path,
     split: str,
@@ -245,15 +279,23 @@ def default_report_path(
     max_images: int | None = None,
     tta: dict | None = None,
     models: Sequence[str | Path] = (),
+    data_dir: str | Path | None = None,
+    precision: str | None = None,
+    fmt: str | None = None,
+    quantization: str | None = None,
+    size: Sequence[int] | None = None,
 ) -> Path:
     """Where a report goes without --out: beside the (first) model, named after every setting
     that changes the numbers, so runs with different settings never overwrite each other.
 
-    `MODEL_STEM-eval-SPLIT[-firstN][-tta[-noflip][-sS1_S2..]][-ensembleK-HASH].json`, e.g.
+    `MODEL_STEM-eval-SPLIT[-firstN][-tta[-noflip][-sS1_S2..]][-ensembleK-HASH]` then, when
+    given, `-FORMAT[-QUANTIZATION][-HxW]-PRECISION-DATA_NAME-HASH` and `.json`, e.g.
     `fcn8/final-eval-val.json` (all images, no TTA, one model), `final-eval-val-first2.json`
     (`--max-images 2`), `final-eval-val-tta.json` (`--tta` with its default flip and scales),
     `final-eval-val-ensemble3-1a2b3c.json` (3 models; HASH tells apart ensembles of other
-    files).
+    files), `final-eval-val-keras-float32-records-4d5e6f.json` (the data directory
+    `.../records`; HASH tells apart data directories of one name), `m-eval-val-tflite-int8-
+    512x512-float32-records-4d5e6f.json`.
 
     Args:
         model_path: the model file (for an ensemble, the first member).
@@ -261,6 +303,11 @@ def default_report_path(
         max_images: `--max-images`, or None for the whole split.
         tta: the `TTA.as_dict()` setting, or None.
         models: every member of an ensemble (one or none: a single model).
+        data_dir: the data directory scored, or None.
+        precision: the precision, or None.
+        fmt: the model's format ('keras', 'saved_model', 'tflite', 'onnx'), or None.
+        quantization: a TFLite file's quantization ('none' is left out of the name).
+        size: the fixed input (H, W), or None.
     """
     model_path = Path(model_path)
     parts = [f"{model_path.stem}-eval-{split}"]
@@ -277,6 +324,18 @@ def default_report_path(
         members = "\n".join(str(Path(m).resolve()) for m in models)
         digest = hashlib.sha1(members.encode()).hexdigest()[:6]
         parts.append(f"ensemble{len(models)}-{digest}")
+    if fmt is not None:
+        parts.append(fmt)
+    if quantization not in (None, "none"):
+        parts.append(quantization)
+    if size:
+        parts.append(f"{size[0]}x{size[1]}")
+    if precision is not None:
+        parts.append(precision)
+    if data_dir is not None:
+        data_dir = Path(data_dir).resolve()
+        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:6]
+        parts.append(f"{data_dir.name}-{digest}")
     return model_path.with_name("-".join(parts) + ".json")
 
 
@@ -288,6 +347,11 @@ def report_path_of(report: dict) -> Path:
         max_images=report.get("max_images"),
         tta=report.get("tta"),
         models=report.get("models") or (),
+        data_dir=report.get("data_dir"),
+        precision=report.get("precision"),
+        fmt=report.get("format"),
+        quantization=report.get("quantization"),
+        size=report.get("size"),
     )
 
 

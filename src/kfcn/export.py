@@ -16,8 +16,20 @@ Both formats hold the whole inference path, so a server needs neither kfcn nor K
   calibrated on the train images of a `kfcn prepare` directory. Every variant keeps the uint8
   image input and the uint8 mask output; ops without an int8 kernel stay float.
 
-Both write `assets.extra/kfcn.json` (SavedModel) or `OUT.json` next to the TFLite file with the
-class names, palette and variant, so a server can name and colour the classes.
+* **ONNX** (`format="onnx"`, the `onnx` extra): the SavedModel's interface, input `image`
+  (H, W, 3) uint8 of any size -> `mask` (H, W) uint8 and `probabilities` (H, W, C) float32, for
+  a plain `onnxruntime.InferenceSession`. The graph is traced with the weights as *inputs*
+  (Keras's `stateless_call`) and converted by `tf2onnx.convert.from_function`, and the weights
+  are then bound as the graph's initializers: nothing freezes 0.5 GB of constants into a TF
+  graph for tf2onnx to copy (its SavedModel path deep-copies the whole graph, weights included,
+  once per optimizer pass, and ran out of memory on VGG16). Pad and crop are plain `tf.pad` and
+  `tf.slice` (see `kfcn.padding`), which become ONNX `Pad` and `Slice` nodes.
+
+The SavedModel writes `assets.extra/kfcn.json`, TFLite `OUT.json` next to the file and a `kfcn`
+metadata entry inside it (with the input size, the quantization and the fitting, see
+`kfcn.fitting`), ONNX the `metadata_props` `class_names`, `palette`, `variant` and
+`kfcn_version`: the class names, palette and variant, so a server can name and colour the
+classes, and `kfcn evaluate` and `kfcn predict` can score the file.
 
 Images must be decoded as kfcn decodes them (`kfcn.data.records.decode_image`: JPEGs with
 `INTEGER_ACCURATE` DCT, which matches PIL) for the masks to match `kfcn predict` exactly.
@@ -32,29 +44,41 @@ import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kfcn.errors import ModelError
+from kfcn.exported import INFO_FILE, ONNX_EXTRA, SIGNATURE, with_tflite_metadata
+from kfcn.fitting import FITTING, fit_uint8
 from kfcn.images import write_atomic
 from kfcn.padding import crop_to, pad_image
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZE = ("none", "float16", "dynamic", "int8")
 CALIBRATION_SPLIT = "train"
 CALIBRATION_IMAGES = 100
-"""int8: this many train images (the first, in record order) calibrate the activation ranges."""
-SIGNATURE = "serving_default"
-INFO_FILE = "kfcn.json"
-"""Class names, palette and variant, in `assets.extra/` of a SavedModel or as `OUT.json`."""
+"""int8: this many train images, a seeded sample of the whole split, calibrate the activations."""
+CALIBRATION_SEED = 0
+ONNX_OPSET = 17
 
 MAX_CLASSES = 256
 """Masks are uint8."""
 
 
-def _segment(model: keras.Model, image: tf.Tensor) -> dict[str, tf.Tensor]:
-    """(H, W, 3) uint8 -> mask (H, W) uint8 and probabilities (H, W, C) float32."""
+def _segment(model: keras.Model, image: tf.Tensor, weights=None) -> dict[str, tf.Tensor]:
+    """(H, W, 3) uint8 -> mask (H, W) uint8 and probabilities (H, W, C) float32.
+
+    `weights`: the values of `model.trainable_variables + model.non_trainable_variables` to
+    compute with (Keras's `stateless_call`) instead of the model's own variables.
+    """
     padded, hw = pad_image(image)  # (H', W', 3) float32, (2,) int32
-    logits = model(padded[tf.newaxis], training=False)[0]  # (H', W', C)
+    if weights is None:
+        logits = model(padded[tf.newaxis], training=False)[0]  # (H', W', C)
+    else:
+        n = len(model.trainable_variables)
+        trainable, non_trainable = list(weights[:n]), list(weights[n:])
+        logits, _ = model.stateless_call(trainable, non_trainable, padded[tf.newaxis])
+        logits = logits[0]
     logits = crop_to(tf.cast(logits, tf.float32), hw)  # (H, W, C)
     mask = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (H, W)
     return {"mask": tf.cast(mask, tf.uint8), "probabilities": tf.nn.softmax(logits)}
@@ -132,8 +156,8 @@ def check_out(out: str | Path, fmt: str) -> None:
             `saved_model.pb`; for 'tflite', `out` is a directory.
     """
     out = Path(out)
-    if fmt == "tflite" and out.is_dir():
-        raise ModelError(f"{out}: is a directory; --format tflite writes one file (model.tflite)")
+    if fmt in ("tflite", "onnx") and out.is_dir():
+        raise ModelError(f"{out}: is a directory; --format {fmt} writes one file (model.{fmt})")
     if fmt == "saved_model" and (
         out.is_file()
         or (out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file())
@@ -185,8 +209,10 @@ def export_tflite(
         info: the model's information (`load_model`'s second value).
         quantize: 'none' (float32), 'float16', 'dynamic' (int8 weights) or 'int8' (int8
             weights and activations).
-        calibration_data: for 'int8', a directory written by `kfcn prepare`; its first
-            `calibration_images` train images, resized to `size`, calibrate the activations.
+        calibration_data: for 'int8', a directory written by `kfcn prepare`;
+            `calibration_images` of its train images (a seeded sample of the whole split),
+            fitted to `size` as inference fits them (`kfcn.fitting`), calibrate the activations.
+        calibration_images: how many.
 
     Returns:
         `out`. Signature `serving_default`: `image` (1, H, W, 3) uint8 -> `mask` (1, H, W) uint8,
@@ -221,6 +247,9 @@ def export_tflite(
             flatbuffer = _convert(converter, out)
     except OSError as exc:
         raise ModelError(f"{out}: cannot write the export ({exc})") from None
+    metadata = json.loads(_info_json(info))
+    metadata.update(size=[height, width], quantization=quantize, fitting=FITTING)
+    flatbuffer = with_tflite_metadata(flatbuffer, metadata)
     write_atomic(out.with_suffix(".json"), _info_json(info).encode())
     write_atomic(out, flatbuffer)
     return out
@@ -253,23 +282,45 @@ def _set_quantization(converter, quantize: str, data_dir, size, count: int) -> N
         converter.representative_dataset = calibration_images(data_dir, size, count)
 
 
-def calibration_images(data_dir: str | Path, size: tuple[int, int], count: int):
-    """A TFLite representative dataset: the first `count` train images of `data_dir`, each
-    resized (bilinear, aspect ratio kept, padded with black) to `size`, as (1, H, W, 3) uint8.
+def calibration_images(
+    data_dir: str | Path, size: tuple[int, int], count: int, seed: int = CALIBRATION_SEED
+):
+    """A TFLite representative dataset: `count` train images of `data_dir`, drawn at random
+    (seeded) from all its shards, each fitted to `size` by `kfcn.fitting.fit_uint8` (the
+    fitting inference uses), as (1, H, W, 3) uint8.
 
     Raises:
         DataError: `data_dir` has no complete train split.
+        ModelError: `count` < 1.
     """
-    from kfcn.data import pipeline
+    from kfcn.data import records
 
-    pipeline.count_records(data_dir, CALIBRATION_SPLIT)  # fails early, naming the problem
+    if count < 1:
+        raise ModelError(f"--calibration-images {count}: expected at least 1")
+    shards = records.list_shards(data_dir, CALIBRATION_SPLIT)  # fails early, naming the problem
+    positions = calibration_positions(data_dir, count, seed)
+    chosen = np.zeros(max(positions, default=0) + 1, bool)
+    chosen[positions] = True
+    chosen = tf.constant(chosen)
 
     def generate():
-        for example in pipeline.eval_dataset(data_dir, CALIBRATION_SPLIT).take(count):
-            image = tf.image.resize_with_pad(example["image"], *size)  # (H, W, 3) float32
-            yield [tf.cast(tf.round(image), tf.uint8)[tf.newaxis]]
+        ds = tf.data.TFRecordDataset([str(p) for p in shards]).enumerate()
+        ds = ds.filter(lambda i, _: i < tf.size(chosen, tf.int64) and chosen[i])
+        for _, serialized in ds:
+            image = records.decode_example(serialized)["image"]  # (h, w, 3) uint8
+            yield [fit_uint8(image, size)[0][tf.newaxis]]  # (1, H, W, 3) uint8
 
     return generate
+
+
+def calibration_positions(data_dir: str | Path, count: int, seed: int) -> list[int]:
+    """Record positions (in shard order) of the int8 calibration sample: `count` distinct
+    positions of the train split drawn with `seed` (all of them when the split is smaller)."""
+    from kfcn.data import pipeline
+
+    total = pipeline.count_records(data_dir, CALIBRATION_SPLIT)
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(total, size=min(count, total), replace=False))
 
 
 def _convert(converter: tf.lite.TFLiteConverter, out: Path) -> bytes:
@@ -279,6 +330,84 @@ def _convert(converter: tf.lite.TFLiteConverter, out: Path) -> bytes:
     except Exception as exc:  # the converter raises many types; report it as one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{out}: TFLite conversion failed ({reason})") from None
+
+
+def export_onnx(model: keras.Model, out: str | Path, info: dict | None = None) -> Path:
+    """Write `model` as an ONNX file that segments uint8 images of any size.
+
+    The serving function is traced with the weights as extra inputs (`_segment`'s `weights`),
+    converted by `tf2onnx.convert.from_function`, and the weights are then bound as
+    initializers: the TF graph tf2onnx processes holds no weights, so converting VGG16 costs
+    the weights twice (as arrays and in the file) rather than many copies.
+
+    Args:
+        model: an FCN from `kfcn.models.load_model` or `build_fcn`.
+        out: the `.onnx` file to write (replaced when present).
+        info: the model's information; class names, palette and variant go to the model's
+            `metadata_props` (JSON strings).
+
+    Returns:
+        `out`. Input `image` (H, W, 3) uint8 -> `mask` (H, W) uint8, `probabilities`
+        (H, W, C) float32.
+
+    Raises:
+        ModelError: the `onnx` extra is missing, `out` is a directory or cannot be written, the
+            conversion fails, or the model has more than 256 classes.
+    """
+    onnx, tf2onnx = _onnx_modules()
+    out = Path(out)
+    check_out(out, "onnx")
+    _check_model(model)
+    variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+    names = [f"weight_{i}" for i in range(len(variables))]
+    specs = [tf.TensorSpec([None, None, 3], tf.uint8, name="image")] + [
+        tf.TensorSpec(v.shape, v.dtype, name=name) for v, name in zip(variables, names, strict=True)
+    ]
+
+    @tf.function(input_signature=specs)
+    def serve(image, *weights):
+        return _segment(model, image, weights)
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=specs, opset=ONNX_OPSET)
+    except Exception as exc:  # tf2onnx raises many types; report it as one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{out}: ONNX conversion failed ({reason})") from None
+    # Bind the weights: graph inputs -> initializers (only those the graph uses).
+    used = {name for node in proto.graph.node for name in node.input}
+    inputs = [i for i in proto.graph.input if i.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
+    for variable, name in zip(variables, names, strict=True):
+        if name in used:
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(variable.numpy(), name))
+    meta = json.loads(_info_json(info))
+    for key, value in meta.items():
+        proto.metadata_props.append(
+            onnx.StringStringEntryProto(
+                key=key, value=value if isinstance(value, str) else json.dumps(value)
+            )
+        )
+    proto.producer_name = "kfcn"
+    data = proto.SerializeToString()
+    del proto
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, data)
+    except OSError as exc:
+        raise ModelError(f"{out}: cannot write the export ({exc})") from None
+    return out
+
+
+def _onnx_modules():
+    """(onnx, tf2onnx), or a ModelError naming the extra to install."""
+    try:
+        import onnx
+        import onnx.numpy_helper
+        import tf2onnx
+    except ImportError:
+        raise ModelError(f"--format onnx needs onnx and tf2onnx: {ONNX_EXTRA}") from None
+    return onnx, tf2onnx
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -300,17 +429,19 @@ def export_model(
     size: tuple[int, int] | None = None,
     quantize: str = "none",
     calibration_data: str | Path | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
 ) -> Path:
     """Load a model (a `.keras` file or a run directory) and export it.
 
     Args:
         model: a `.keras` file, a run directory (its latest finished stage) or a stage directory.
-        fmt: 'saved_model' or 'tflite'.
-        out: the SavedModel directory or `.tflite` file to write.
+        fmt: 'saved_model', 'tflite' or 'onnx'.
+        out: the SavedModel directory, `.tflite` or `.onnx` file to write.
         size: (H, W) of the TFLite input; required for 'tflite', not allowed for 'saved_model'
             (whose signature takes any size).
         quantize: for 'tflite', 'none', 'float16', 'dynamic' or 'int8' (see `export_tflite`).
         calibration_data: for int8, a directory written by `kfcn prepare`.
+        calibration_images: for int8, how many of its train images calibrate.
 
     Returns:
         `out`.
@@ -326,13 +457,19 @@ def export_model(
         raise ModelError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
     if fmt == "tflite" and size is None:
         raise ModelError("--format tflite needs --size HxW (TFLite models have one input size)")
-    if fmt == "saved_model" and size is not None:
-        raise ModelError("--size is for --format tflite; the SavedModel takes images of any size")
-    if fmt == "saved_model" and (quantize != "none" or calibration_data is not None):
+    if fmt != "tflite" and size is not None:
+        raise ModelError(f"--size is for --format tflite; --format {fmt} takes images of any size")
+    if fmt != "tflite" and (quantize != "none" or calibration_data is not None):
         raise ModelError("--quantize and --calibration-data are for --format tflite")
     check_quantize(quantize, calibration_data)
     check_out(out, fmt)
+    if fmt == "onnx":
+        _onnx_modules()  # before the model loads
     keras_model, info = load_model(resolve_model(model))
     if fmt == "saved_model":
         return export_saved_model(keras_model, out, info)
-    return export_tflite(keras_model, out, size, info, quantize, calibration_data)
+    if fmt == "onnx":
+        return export_onnx(keras_model, out, info)
+    return export_tflite(
+        keras_model, out, size, info, quantize, calibration_data, calibration_images
+    )

@@ -56,6 +56,59 @@ def _bottom_right(rank: int, axis_h: int, pad_h: tf.Tensor, pad_w: tf.Tensor) ->
     return tf.stack(rows)  # (rank, 2)
 
 
+def pad_image_to(image: tf.Tensor, height, width) -> tf.Tensor:
+    """Pad an RGB image (or a batch) on the bottom and right to at least (height, width).
+
+    The one owner of image padding: `pad_image`, the training crops (`kfcn.data.augment`) and
+    the fitting to a fixed size (`kfcn.fitting`) all pad here, with the ImageNet mean colour,
+    which the model's preprocessing turns into exact zeros.
+
+    Args:
+        image: (H, W, 3) or (B, H, W, 3) RGB in 0-255, any real or integer dtype.
+        height: the least output height (int or int32 scalar tensor).
+        width: the least output width.
+
+    Returns:
+        float32 (..., max(H, height), max(W, width), 3); the original pixels unchanged.
+    """
+    image = tf.cast(tf.convert_to_tensor(image), tf.float32)
+    rank = image.shape.rank
+    if rank not in (3, 4):
+        raise ValueError(f"pad_image_to expects (H, W, 3) or (B, H, W, 3); got {image.shape}")
+    shape = tf.shape(image)
+    pad_h = tf.maximum(tf.cast(height, tf.int32) - shape[rank - 3], 0)
+    pad_w = tf.maximum(tf.cast(width, tf.int32) - shape[rank - 2], 0)
+    paddings = _bottom_right(rank, rank - 3, pad_h, pad_w)
+    # Select rather than add/subtract the mean, so the original pixels stay bit-identical. The
+    # mask is built from the shape (no strided slice with an ellipsis), which keeps the graph
+    # plain for converters such as tf2onnx.
+    ones = tf.ones(tf.concat([shape[:-1], [1]], axis=0), tf.bool)  # (..., H, W, 1)
+    inside = tf.pad(ones, paddings, constant_values=False)
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)  # (3,)
+    return tf.where(inside, tf.pad(image, paddings), mean)  # (..., H', W', 3)
+
+
+def pad_label_to(label: tf.Tensor, height, width) -> tf.Tensor:
+    """Pad a label map (or a batch) with `IGNORE_LABEL` on the bottom and right to at least
+    (height, width); the one owner of label padding (see `pad_image_to`).
+
+    Args:
+        label: (H, W) or (B, H, W) integer class indices.
+
+    Returns:
+        (..., max(H, height), max(W, width)) with the same dtype.
+    """
+    label = tf.convert_to_tensor(label)
+    rank = label.shape.rank
+    if rank not in (2, 3):
+        raise ValueError(f"pad_label_to expects (H, W) or (B, H, W); got shape {label.shape}")
+    shape = tf.shape(label)
+    pad_h = tf.maximum(tf.cast(height, tf.int32) - shape[rank - 2], 0)
+    pad_w = tf.maximum(tf.cast(width, tf.int32) - shape[rank - 1], 0)
+    paddings = _bottom_right(rank, rank - 2, pad_h, pad_w)
+    return tf.pad(label, paddings, constant_values=tf.cast(IGNORE_LABEL, label.dtype))
+
+
 def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Pad an RGB image (or a batch of same-sized ones) to the next multiple of 32.
 
@@ -71,17 +124,8 @@ def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     rank = image.shape.rank
     if rank not in (3, 4):
         raise ValueError(f"pad_image expects (H, W, 3) or (B, H, W, 3); got shape {image.shape}")
-    image = tf.cast(image, tf.float32)
-    shape = tf.shape(image)
-    hw = shape[rank - 3 : rank - 1]  # (2,) int32
-    pad_h = padded_size(hw[0]) - hw[0]
-    pad_w = padded_size(hw[1]) - hw[1]
-    paddings = _bottom_right(rank, rank - 3, pad_h, pad_w)
-    # Select rather than add/subtract the mean, so the original pixels stay bit-identical.
-    inside = tf.pad(tf.ones_like(image[..., :1], dtype=tf.bool), paddings, constant_values=False)
-    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)  # (3,)
-    padded = tf.where(inside, tf.pad(image, paddings), mean)  # (..., H', W', 3)
-    return padded, hw
+    hw = tf.shape(image)[rank - 3 : rank - 1]  # (2,) int32
+    return pad_image_to(image, padded_size(hw[0]), padded_size(hw[1])), hw
 
 
 def pad_label(label: tf.Tensor) -> tf.Tensor:
@@ -98,16 +142,21 @@ def pad_label(label: tf.Tensor) -> tf.Tensor:
     if rank not in (2, 3):
         raise ValueError(f"pad_label expects (H, W) or (B, H, W); got shape {label.shape}")
     shape = tf.shape(label)
-    h, w = shape[rank - 2], shape[rank - 1]
-    paddings = _bottom_right(rank, rank - 2, padded_size(h) - h, padded_size(w) - w)
-    return tf.pad(label, paddings, constant_values=tf.cast(IGNORE_LABEL, label.dtype))
+    return pad_label_to(label, padded_size(shape[rank - 2]), padded_size(shape[rank - 1]))
 
 
 def crop_to(logits: tf.Tensor, hw: tf.Tensor) -> tf.Tensor:
-    """Crop (..., H', W', C) logits back to the original (H, W) returned by `pad_image`."""
+    """Crop (..., H', W', C) logits back to the original (H, W) returned by `pad_image`.
+
+    One `tf.slice` with explicit begin and size (not a strided slice with an ellipsis, which
+    tf2onnx turns into an ONNX Slice with repeated axes that ONNX Runtime rejects).
+    """
     logits = tf.convert_to_tensor(logits)
     hw = tf.convert_to_tensor(hw, tf.int32)
-    return logits[..., : hw[0], : hw[1], :]
+    rank = logits.shape.rank
+    lead = [-1] * (rank - 3)
+    size = tf.concat([tf.constant(lead, tf.int32), hw, tf.constant([-1], tf.int32)], axis=0)
+    return tf.slice(logits, tf.zeros([rank], tf.int32), size)
 
 
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

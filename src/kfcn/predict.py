@@ -73,7 +73,8 @@ def predict_images(
     Args:
         model: a `.keras` model file, a run directory (its latest finished stage, see
             `kfcn.runs.resolve_model`) or a loaded `keras.Model`; or several files or run
-            directories, an ensemble whose probabilities are averaged.
+            directories, an ensemble whose probabilities are averaged; or a file written by
+            `kfcn export` (SavedModel directory, TFLite or ONNX file; see `kfcn.exported`).
         inputs: image files, directories (their images, not recursive, sorted) and glob patterns.
         out_dir: output folder, created when missing. Outputs are named after the input's stem;
             a later input whose stem is taken (ignoring case) gets `-2`, `-3`, ...
@@ -172,8 +173,18 @@ def _plan_outputs(files: list[Path], out_dir: Path, overlay: bool) -> dict[Path,
 def _load(
     model, info: dict | None, ensemble: bool, tta: TTA | None, precision: str
 ) -> tuple[Predictor, dict]:
+    from kfcn.exported import load_format_predictor
+
+    loaded = (
+        None
+        if isinstance(model, keras.Model)
+        else load_format_predictor(model, ensemble, tta, precision)
+    )
     if isinstance(model, keras.Model):
         predictor = Predictor([model], tta, check_precision(precision))
+    elif loaded is not None:  # an exported file (SavedModel, TFLite, ONNX)
+        predictor, stored, _ = loaded
+        info = info or stored
     else:
         predictor, stored, _ = load_predictor(model, ensemble, tta, precision)
         info = info or stored

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from kfcn.padding import IMAGENET_MEAN_RGB
-from kfcn.palette import IGNORE_LABEL
+from kfcn.fitting import fit_image, fit_label
+from kfcn.padding import pad_image_to, pad_label_to
 
 
 def random_scale(
@@ -45,22 +45,6 @@ def random_scale(
     return image, label
 
 
-def _pad_bottom_right(
-    image: tf.Tensor, label: tf.Tensor, height: tf.Tensor, width: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pad to at least (height, width): image with the ImageNet mean, label with IGNORE_LABEL."""
-    shape = tf.shape(label)
-    paddings = [[0, tf.maximum(height - shape[0], 0)], [0, tf.maximum(width - shape[1], 0)]]
-    # tf.pad takes one scalar fill value, so each channel is padded with its own mean.
-    channels = [
-        tf.pad(image[..., c], paddings, constant_values=mean)
-        for c, mean in enumerate(IMAGENET_MEAN_RGB)
-    ]
-    image = tf.stack(channels, axis=-1)
-    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
-    return image, label
-
-
 def random_crop_or_pad(
     image: tf.Tensor, label: tf.Tensor, size: int, seed: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -79,7 +63,7 @@ def random_crop_or_pad(
         The float32 image (size, size, 3) and the label (size, size).
     """
     image, label = tf.cast(image, tf.float32), tf.convert_to_tensor(label)
-    image, label = _pad_bottom_right(image, label, size, size)
+    image, label = pad_image_to(image, size, size), pad_label_to(label, size, size)
     limit = tf.shape(label) - size  # (2,) largest top-left corner, >= 0 after padding
     draw = tf.random.stateless_uniform([2], seed)  # (2,) in [0, 1)
     offset = tf.cast(draw * tf.cast(limit + 1, tf.float32), tf.int32)
@@ -110,13 +94,12 @@ def random_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf
 
 
 def resize_pad(image: tf.Tensor, label: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Fit the image into size x size keeping its aspect ratio, as `tf.image.resize_with_pad`.
+    """Fit image and label into size x size keeping the aspect ratio (`kfcn.fitting`).
 
-    The geometry is that of `tf.image.resize_with_pad(image, size, size)` (bilinear, centred),
-    but the padding is the ImageNet mean colour, 0 after the model's centring, as in
-    `kfcn.padding` at inference: padding with 0 would show the network borders of about -120
-    that it never sees when predicting. The label gets the same scale and offsets, resized
-    NEAREST and padded with IGNORE_LABEL.
+    The one fitting that fixed-size inference and int8 calibration use too: the image is
+    resized bilinearly until one side fills `size` (the geometry of `tf.image.resize_with_pad`),
+    then padded on the bottom and right with the ImageNet mean colour, 0 after the model's
+    centring, as in `kfcn.padding`; the label is resized NEAREST and padded with IGNORE_LABEL.
 
     Args:
         image: (H, W, 3) image.
@@ -126,17 +109,5 @@ def resize_pad(image: tf.Tensor, label: tf.Tensor, size: int) -> tuple[tf.Tensor
     Returns:
         The float32 image (size, size, 3) and the label (size, size).
     """
-    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)  # (3,)
-    # Bilinear resizing is linear, so resizing the centred image and adding the mean back gives
-    # the resized image inside and exactly the mean in the padding.
-    centred = tf.cast(image, tf.float32) - mean  # (H, W, 3)
-    image = tf.image.resize_with_pad(centred, size, size, method="bilinear") + mean
-    # resize_with_pad fills with 0, a real class: shift labels up by one so that 0 marks the
-    # padding alone, then map it to IGNORE_LABEL and shift back.
-    shifted = tf.cast(label, tf.int32)[..., None] + 1  # (H, W, 1)
-    shifted = tf.image.resize_with_pad(shifted, size, size, method="nearest")[..., 0]
-    out = tf.where(shifted == 0, IGNORE_LABEL, shifted - 1)  # (size, size) int32
-    out = tf.cast(out, label.dtype)
-    image.set_shape([size, size, 3])
-    out.set_shape([size, size])
-    return image, out
+    image, _ = fit_image(image, (size, size))
+    return image, fit_label(label, (size, size))

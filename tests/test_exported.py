@@ -1,0 +1,259 @@
+"""Exported models (SavedModel, TFLite, ONNX) scored by `kfcn evaluate` and `kfcn predict` as
+`.keras` models are, the fixed-size fitting, int8 calibration sampling, and bad files."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from PIL import Image
+
+from kfcn.cli import main
+from kfcn.data.records import decode_example, list_shards
+from kfcn.errors import ModelError
+from kfcn.evaluate import evaluate_model
+from kfcn.export import calibration_images, calibration_positions, export_model
+from kfcn.exported import load_exported, model_format, tflite_metadata
+from kfcn.fitting import fit_image, fit_uint8, fitted_size, unfit_probabilities
+from kfcn.padding import IMAGENET_MEAN_RGB, predict_classes
+from kfcn.predict import predict_images
+
+from .shards import write_shards
+from .tiny_model import CLASS_NAMES, tiny_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+
+SIZE = (48, 64)
+"""The TFLite files' input size (the val images are 45x70: fitted as 41x64, then padded)."""
+TFLITE_AGREEMENT = 0.995
+"""Share of pixels a float32 TFLite file must classify as the .keras model at the same fitting."""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    yield from tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_shards(root, "val", 4, (45, 70), 4, seed=3, per_shard=2, class_names=CLASS_NAMES)
+    write_shards(root, "train", 6, (40, 56), 4, seed=4, per_shard=2, class_names=CLASS_NAMES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exports(tiny, data_dir, tmp_path_factory):
+    """The tiny model exported as a SavedModel, float32 and int8 TFLite files (and ONNX when
+    the `onnx` extra is installed)."""
+    path, _, _ = tiny
+    out = tmp_path_factory.mktemp("exports")
+    files = {
+        "saved_model": export_model(path, "saved_model", out / "sm"),
+        "tflite": export_model(path, "tflite", out / "f32.tflite", SIZE),
+        "int8": export_model(path, "tflite", out / "i8.tflite", SIZE, "int8", data_dir, 3),
+    }
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        files["onnx"] = export_model(path, "onnx", out / "m.onnx")
+    return files
+
+
+def _onnx(exports):
+    pytest.importorskip("onnxruntime")  # the `onnx` extra, which `make test` installs
+    return exports["onnx"]
+
+
+def test_fitting_keeps_the_aspect_ratio_and_pads_bottom_right():
+    image = np.random.default_rng(0).integers(0, 256, (45, 70, 3)).astype(np.uint8)
+    fitted, hw = fit_image(image, SIZE)
+    assert tuple(hw.numpy()) == (41, 64) == tuple(fitted_size([45, 70], SIZE).numpy())
+    resized = tf.image.resize(image.astype(np.float32), (41, 64)).numpy()
+    np.testing.assert_array_equal(fitted.numpy()[:41], resized)
+    np.testing.assert_array_equal(
+        fitted.numpy()[41:], np.broadcast_to(np.float32(IMAGENET_MEAN_RGB), (7, 64, 3))
+    )
+    # A probability map of the fitted image comes back at the image's size.
+    probs = np.zeros((*SIZE, 4), np.float32)
+    probs[:41, :, 2] = 1.0
+    back = unfit_probabilities(probs, hw, (45, 70)).numpy()
+    assert back.shape == (45, 70, 4)
+    assert (back.argmax(-1) == 2).all()
+
+
+def test_formats_are_found_from_the_content(exports, tiny, tmp_path):
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(exports["tflite"].read_bytes())
+    assert model_format(renamed) == "tflite"
+    assert model_format(exports["saved_model"]) == "saved_model"
+    assert model_format(tiny[0]) == "keras"
+    meta = tflite_metadata(exports["int8"].read_bytes())
+    assert meta["size"] == list(SIZE) and meta["quantization"] == "int8"
+    assert meta["fitting"] == "resize_pad" and meta["class_names"] == CLASS_NAMES
+
+
+def test_saved_model_and_onnx_score_as_the_keras_model(exports, tiny, data_dir):
+    path, _, _ = tiny
+    keras_report = evaluate_model(path, data_dir, "val")
+    saved = evaluate_model(exports["saved_model"], data_dir, "val")
+    assert saved["confusion_matrix"] == keras_report["confusion_matrix"]
+    assert saved["format"] == "saved_model" and saved["file"] == str(exports["saved_model"])
+    assert saved["size"] is None and keras_report["format"] == "keras"
+    onnx_report = evaluate_model(_onnx(exports), data_dir, "val")
+    assert onnx_report["format"] == "onnx" and onnx_report["quantization"] == "none"
+    cm_onnx = np.asarray(onnx_report["confusion_matrix"])
+    cm_keras = np.asarray(keras_report["confusion_matrix"])
+    assert np.abs(cm_onnx - cm_keras).sum() <= 2e-3 * cm_keras.sum()
+    assert len(np.unique(np.nonzero(cm_keras)[1])) > 1  # the model predicts several classes
+
+
+def test_tflite_is_scored_like_keras_fitted_to_its_size(exports, tiny, data_dir):
+    path, _, _ = tiny
+    baseline = evaluate_model(path, data_dir, "val", size=SIZE)
+    assert baseline["size"] == list(SIZE) and baseline["fitting"] == "resize_pad"
+    tflite = evaluate_model(exports["tflite"], data_dir, "val")
+    assert tflite["format"] == "tflite" and tflite["size"] == list(SIZE)
+    cm_tflite = np.asarray(tflite["confusion_matrix"])
+    cm_keras = np.asarray(baseline["confusion_matrix"])
+    # The confusion matrices count the same pixels (every image at its native size) ...
+    assert (
+        cm_tflite.sum()
+        == cm_keras.sum()
+        == np.asarray(evaluate_model(path, data_dir, "val")["confusion_matrix"]).sum()
+    )
+    # ... and agree up to the interpreter's float rounding.
+    assert np.abs(cm_tflite - cm_keras).sum() / 2 <= (1 - TFLITE_AGREEMENT) * cm_keras.sum()
+    int8 = evaluate_model(exports["int8"], data_dir, "val")
+    assert int8["quantization"] == "int8" and np.asarray(int8["confusion_matrix"]).sum() > 0
+
+
+def test_cli_report_names_the_format_and_refuses_tta_for_fixed_size(exports, data_dir):
+    args = ["evaluate", "--data-dir", str(data_dir), "--model", str(exports["int8"])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "format: tflite (quantization int8)" in result.output
+    assert "input size: 48x64 (fitted by resize_pad)" in result.output
+    (report,) = exports["int8"].parent.glob("i8-eval-val-tflite-int8-48x64-float32-*.json")
+    assert json.loads(report.read_text())["file"] == str(exports["int8"])
+    result = CliRunner().invoke(main, [*args, "--tta"])
+    assert result.exit_code == 1
+    (error,) = _error_lines(result.output)
+    assert "fixed-size TFLite file" in error
+
+
+def _error_lines(output: str) -> list[str]:
+    """The error lines of a failed command; nothing else but the device line is printed."""
+    lines = [line for line in output.strip().splitlines() if not line.startswith("devices:")]
+    assert all(line.startswith("kfcn: error: ") for line in lines), output
+    return lines
+
+
+def _png(image: np.ndarray, path):
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_predict_onnx_masks_equal_keras_on_an_odd_size(exports, tiny, tmp_path):
+    onnx_file = _onnx(exports)
+    _, model, _ = tiny
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (117, 203, 3), dtype=np.uint8)
+    image[20:90, 30:150] = (200, 40, 40)
+    file = _png(image, tmp_path / "odd.png")
+    for name, model_file in (("onnx", onnx_file), ("sm", exports["saved_model"])):
+        result = predict_images(model_file, [file], tmp_path / name)
+        assert not result.failures
+        mask = np.asarray(Image.open(tmp_path / name / "odd.png"))
+        expected = predict_classes(model, [image])[0]
+        assert mask.shape == (117, 203)
+        assert (mask == expected).mean() >= 0.999
+    # A plain InferenceSession opens the file, with kfcn's information in metadata_props.
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["class_names"]) == CLASS_NAMES and props["variant"] == "fcn8"
+    assert [o.name for o in session.get_outputs()] == ["mask", "probabilities"]
+
+
+def test_int8_calibration_is_a_seeded_sample_fitted_like_inference(data_dir):
+    positions = calibration_positions(data_dir, 3, seed=0)
+    assert positions == calibration_positions(data_dir, 3, seed=0)
+    assert len(set(positions)) == 3 and all(0 <= p < 6 for p in positions)
+    assert {tuple(calibration_positions(data_dir, 3, seed=s)) for s in range(6)} != {
+        tuple(positions)
+    }  # not the first records whatever the seed
+    assert calibration_positions(data_dir, 100, seed=0) == list(range(6))
+    records = [
+        decode_example(s)["image"]
+        for shard in list_shards(data_dir, "train")
+        for s in tf.data.TFRecordDataset(str(shard))
+    ]
+    batches = list(calibration_images(data_dir, SIZE, 3, seed=0)())
+    assert len(batches) == 3
+    for (batch,), position in zip(batches, positions, strict=True):
+        assert batch.shape == (1, *SIZE, 3) and batch.dtype == tf.uint8
+        np.testing.assert_array_equal(batch[0], fit_uint8(records[position], SIZE)[0])
+
+
+def _strip_metadata(flatbuffer: bytes) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    model.metadata = [m for m in model.metadata if m.name != b"kfcn"]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _other_interface_tflite() -> bytes:
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32, name="x")])
+    def double(x):
+        return {"y": x * 2}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [double.get_concrete_function()], double
+    )
+    return converter.convert()
+
+
+def test_bad_files_are_one_line_and_write_no_report(exports, data_dir, tmp_path):
+    flatbuffer = exports["tflite"].read_bytes()
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "empty_dir" / "notes.txt").write_text("not a model")
+    cases = {
+        "old.tflite": (_strip_metadata(flatbuffer), "export it again"),
+        "cut.tflite": (flatbuffer[: len(flatbuffer) // 3], "truncated or corrupt TFLite"),
+        "other.tflite": (_other_interface_tflite(), "not kfcn's export interface"),
+        "noise.onnx": (np.random.default_rng(0).bytes(5000), "ONNX"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    cases["empty_dir"] = (None, "empty_dir")
+    for name, (_, problem) in cases.items():
+        model = tmp_path / name
+        args = ["evaluate", "--data-dir", str(data_dir), "--model", str(model)]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, (name, result.output)
+        (error,) = _error_lines(result.output)
+        assert str(model) in error and problem in error, (name, result.output)
+        assert not list(tmp_path.glob("*eval*.json")), name
+
+
+def test_onnx_without_the_extra_names_it(tiny, exports, monkeypatch, tmp_path):
+    onnx_file = _onnx(exports)
+    for module in ("onnxruntime", "onnx", "tf2onnx"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(ModelError, match=r"pip install 'kfcn\[onnx\]'"):
+        load_exported(onnx_file)
+    with pytest.raises(ModelError, match=r"pip install 'kfcn\[onnx\]'"):
+        export_model(tiny[0], "onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_onnx_refuses_tflite_options(tiny, tmp_path):
+    with pytest.raises(ModelError, match="--size is for --format tflite"):
+        export_model(tiny[0], "onnx", tmp_path / "x.onnx", size=SIZE)
