@@ -92,8 +92,9 @@ def fit_metrics() -> None:
 
 
 def seg_losses() -> None:
-    """Every `train.loss` (weighted, with and without hard-pixel mining) steps two replicas with
-    global batch 4 like one replica with batch 4, replica 0's crops mostly ignored."""
+    """A pixel loss with hard-pixel mining, a per-image loss and their sum (all weighted) step
+    two replicas with global batch 4 like one replica with batch 4, replica 0's crops mostly
+    ignored."""
     from kfcn.losses import SegmentationLoss
 
     rng = np.random.default_rng(0)
@@ -102,13 +103,7 @@ def seg_losses() -> None:
     y[:2, :, :6] = IGNORE_LABEL
     start = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(3, 3, padding="same")])
     weights = start.get_weights()
-    settings = [
-        ("focal", None),
-        ("dice", None),
-        ("lovasz", None),
-        ("cross_entropy+dice", None),
-        ("cross_entropy", 0.6),
-    ]
+    settings = [("focal", 0.6), ("lovasz", None), ("cross_entropy+dice", None)]
     for name, threshold in settings:
         loss = SegmentationLoss(3, name, [0.5, 1.0, 2.0], ohem_threshold=threshold, ohem_min_kept=5)
         single = _one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, x, y, loss)

@@ -12,6 +12,7 @@ Evaluation reads the records in order, one full-resolution example at a time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import tensorflow as tf
 from kfcn.config import DataConfig
 from kfcn.data import augment, records
 from kfcn.errors import ConfigError, DataError
+from kfcn.palette import IGNORE_LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_PARALLEL_FILES = 4
@@ -60,6 +62,7 @@ def train_dataset(
     repeat: bool = True,
     first_epoch: int = 0,
     steps_per_epoch: int | None = None,
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
     """Augmented training batches from the shards of `split`, epoch after epoch.
 
@@ -87,6 +90,8 @@ def train_dataset(
         first_epoch: the (0-based) epoch the stream starts at.
         steps_per_epoch: batches per epoch (records are cycled within the epoch to fill them);
             None: one pass over this pipeline's records, the last partial batch dropped.
+        num_classes: when given, a label value >= this (other than IGNORE_LABEL) stops the
+            pipeline with an error that `bad_label_error` turns into one line.
 
     Returns:
         Dataset of (images (B, S, S, 3) float32 in 0-255, labels (B, S, S) int32) with
@@ -139,6 +144,12 @@ def train_dataset(
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
+        if num_classes is not None:
+            ds = ds.map(
+                lambda i, ex: (i, check_labels(ex, num_classes, split)),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=True,
+            )
         ds = ds.map(
             _augment_fn(data_cfg, augment_seed), num_parallel_calls=AUTOTUNE, deterministic=True
         )
@@ -147,6 +158,44 @@ def train_dataset(
     last = np.iinfo(np.int64).max if repeat else first_epoch + 1
     ds = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
     return ds.prefetch(AUTOTUNE)
+
+
+_BAD_LABEL = "kfcn-label-out-of-range"
+_BAD_LABEL_RE = re.compile(
+    re.escape(_BAD_LABEL) + r"\] \[(?P<split>[^\]]*)\] \[(?P<id>[^\]]*)\] \[(?P<value>\d+)\] "
+    r"\[(?P<classes>\d+)\]"
+)
+
+
+def check_labels(example: dict, num_classes: int, split: str) -> dict:
+    """`example` unchanged, after checking that its label holds only classes and IGNORE_LABEL.
+
+    Such a label would otherwise reach the loss as a valid pixel with a zero one-hot row (no
+    loss, yet counted). The failed check carries the split, record id and largest bad value,
+    which `bad_label_error` reads back.
+    """
+    label = tf.cast(example["label"], tf.int32)  # (H, W)
+    bad = tf.logical_and(label >= num_classes, label != IGNORE_LABEL)
+    value = tf.reduce_max(tf.where(bad, label, 0))
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [_BAD_LABEL, split, example["id"], value, num_classes],
+    )
+    with tf.control_dependencies([check]):
+        return {**example, "label": tf.identity(example["label"])}
+
+
+def bad_label_error(exc: BaseException) -> DataError | None:
+    """The one-line error for a failed `check_labels`, or None for any other error."""
+    match = _BAD_LABEL_RE.search(str(exc))
+    if match is None:
+        return None
+    last = int(match["classes"]) - 1
+    return DataError(
+        f"label value {match['value']} in record '{match['id']}' of the '{match['split']}' split "
+        f"is neither a class (0-{last}) nor the ignore value {IGNORE_LABEL}; fix the masks and "
+        "prepare the data again (`kfcn prepare` refuses such values)"
+    )
 
 
 def _block_shuffle(ds: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.data.Dataset:
