@@ -34,9 +34,7 @@ def _one_step(strategy, weights, x, y, loss=None) -> list[np.ndarray]:
             [keras.Input(x.shape[1:]), keras.layers.Conv2D(3, 3, padding="same")]
         )
         model.set_weights(weights)
-        model.compile(
-            optimizer=keras.optimizers.SGD(1.0), loss=loss or MaskedSparseCrossEntropy()
-        )
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss or MaskedSparseCrossEntropy())
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
     model.fit(ds, epochs=1, verbose=0, shuffle=False)
     return model.get_weights()

@@ -28,6 +28,7 @@ from kfcn.inference import DEFAULT_SCALES, TTA, Predictor, load_predictor, model
 from kfcn.metrics import ConfusionMatrix
 from kfcn.models import model_info
 from kfcn.padding import batches_by_padded_size
+from kfcn.tiling import DEFAULT_OVERLAP, TiledPredictor, check_tile
 
 SUMMARY_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")
 SUMMARY_NAMES = ("pixel accuracy", "mean accuracy", "mean IoU", "fw IoU")
@@ -108,6 +109,8 @@ def evaluate_model(
     tta: TTA | None = None,
     precision: str = "float32",
     on_image: Callable | None = None,
+    tile: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP,
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
@@ -123,10 +126,13 @@ def evaluate_model(
         tta: test-time augmentation (flip, scales), or None.
         precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
         on_image: called as `on_image(id, image, label, pred)` for every image scored.
+        tile: predict by SIZE x SIZE sliding windows (`kfcn.tiling`); None = whole images.
+        tile_overlap: the fraction of a window shared with the next, in [0, 1).
 
     Returns:
         The report (see `make_report`), with `model` (the first file), `models` (all files),
-        `tta` (the `TTA.as_dict()` setting, or None) and `precision`.
+        `tta` (the `TTA.as_dict()` setting, or None), `precision`, and `tile` ({"size",
+        "overlap"}) when tiled.
 
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
@@ -137,7 +143,10 @@ def evaluate_model(
     class_names = model_info(paths[0])["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
     _check_classes(data_dir, paths[0], class_names)
+    check_tile(tile, tile_overlap)
     predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
+    if tile is not None:
+        predictor = TiledPredictor(predictor, tile, tile_overlap, progress=progress)
     cm, count = confusion_over_split(
         predictor, data_dir, split, len(class_names), max_images, progress, batch_size, on_image
     )
@@ -148,6 +157,8 @@ def evaluate_model(
     report["tta"] = tta.as_dict() if tta else None
     report["max_images"] = max_images
     report["precision"] = precision
+    if tile is not None:
+        report["tile"] = predictor.tile_setting()
     return report
 
 
@@ -225,6 +236,11 @@ def format_table(report: dict) -> str:
             else "none"
         ),
         f"precision: {report.get('precision', 'float32')}",
+        *(
+            [f"tiles: {report['tile']['size']} px, overlap {report['tile']['overlap']:.3g}"]
+            if report.get("tile")
+            else []
+        ),
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]
@@ -245,6 +261,7 @@ def default_report_path(
     max_images: int | None = None,
     tta: dict | None = None,
     models: Sequence[str | Path] = (),
+    tile: dict | None = None,
 ) -> Path:
     """Where a report goes without --out: beside the (first) model, named after every setting
     that changes the numbers, so runs with different settings never overwrite each other.
@@ -273,6 +290,10 @@ def default_report_path(
         scales = tuple(float(s) for s in tta.get("scales", DEFAULT_SCALES))
         if scales != DEFAULT_SCALES:
             parts.append("s" + "_".join(f"{s:g}" for s in scales))
+    if tile is not None:  # -tileS[-oO]: windows of side S, overlap O when not the default
+        parts.append(f"tile{tile['size']}")
+        if abs(tile["overlap"] - DEFAULT_OVERLAP) > 1e-9:
+            parts.append(f"o{tile['overlap']:g}")
     if len(models) > 1:
         members = "\n".join(str(Path(m).resolve()) for m in models)
         digest = hashlib.sha1(members.encode()).hexdigest()[:6]
@@ -288,6 +309,7 @@ def report_path_of(report: dict) -> Path:
         max_images=report.get("max_images"),
         tta=report.get("tta"),
         models=report.get("models") or (),
+        tile=report.get("tile"),
     )
 
 
