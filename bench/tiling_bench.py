@@ -15,7 +15,8 @@
   pixels where tiled and whole-image masks agree, and the mean IoU of each.
 * `rare`: an imbalanced synthetic dataset (one class under 2 % of the pixels); FCN-8s (the
   small network) trained twice with the same seed and steps, `train.class_weights: none` and
-  `median_frequency`; the rare class's IoU (and mean IoU) on the val split for each.
+  `median_frequency`; the rare class's IoU, recall and precision (and the mean IoU) on the val
+  split for each.
 
 Results are printed as JSON and written to `--out` when given.
 """
@@ -221,7 +222,9 @@ def bench_rare(steps: int, seed: int) -> dict:
         out["train_pixel_share"] = dict(
             zip(RARE_CLASSES, (pixels / pixels.sum()).round(4).tolist(), strict=True)
         )
-        init = _vgg_fcn8(tmp, widths="small", num_classes=len(RARE_CLASSES))  # FCN-8s from random weights
+        init = _vgg_fcn8(
+            tmp, widths="small", num_classes=len(RARE_CLASSES)
+        )  # FCN-8s from random weights
         for weights in ("none", "median_frequency"):
             sets = [
                 "model.backbone_weights=none",
@@ -244,8 +247,12 @@ def bench_rare(steps: int, seed: int) -> dict:
             opts = TrainOptions("fcn8", tmp / "data", run, init=init)
             final = train_stage(cfg, opts, echo=lambda line: print(line, file=sys.stderr))
             report = evaluate_model(final, tmp / "data", "val")
+            cm = np.asarray(report["confusion_matrix"], np.float64)  # rows: true class
+            spot = RARE_CLASSES.index("spot")
             out[weights] = {
                 "spot_iou": round(report["per_class_iou"]["spot"] or 0.0, 4),
+                "spot_recall": round(cm[spot, spot] / max(cm[spot].sum(), 1), 4),
+                "spot_precision": round(cm[spot, spot] / max(cm[:, spot].sum(), 1), 4),
                 "mean_iou": round(report["mean_iou"], 4),
                 "per_class_iou": report["per_class_iou"],
             }
