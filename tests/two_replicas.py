@@ -27,14 +27,14 @@ from kfcn.palette import IGNORE_LABEL  # noqa: E402
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-def _one_step(strategy, weights, x, y) -> list[np.ndarray]:
+def _one_step(strategy, weights, x, y, loss=None) -> list[np.ndarray]:
     """Weights after one SGD(lr=1) step on the global batch (x, y) under `strategy`."""
     with strategy.scope():
         model = keras.Sequential(
             [keras.Input(x.shape[1:]), keras.layers.Conv2D(3, 3, padding="same")]
         )
         model.set_weights(weights)
-        model.compile(optimizer=keras.optimizers.SGD(1.0), loss=MaskedSparseCrossEntropy())
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss=loss or MaskedSparseCrossEntropy())
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
     model.fit(ds, epochs=1, verbose=0, shuffle=False)
     return model.get_weights()
@@ -89,7 +89,29 @@ def fit_metrics() -> None:
         np.testing.assert_allclose(history["loss"][epoch], np.mean(batch_losses), rtol=1e-5)
 
 
-CHECKS = {"loss-gradients": loss_gradients, "metrics": fit_metrics}
+def seg_losses() -> None:
+    """A pixel loss with hard-pixel mining, a per-image loss and their sum (all weighted) step
+    two replicas with global batch 4 like one replica with batch 4, replica 0's crops mostly
+    ignored."""
+    from kfcn.losses import SegmentationLoss
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 3, (4, 8, 8)).astype(np.int32)
+    y[:2, :, :6] = IGNORE_LABEL
+    start = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(3, 3, padding="same")])
+    weights = start.get_weights()
+    settings = [("focal", 0.6), ("lovasz", None), ("cross_entropy+dice", None)]
+    for name, threshold in settings:
+        loss = SegmentationLoss(3, name, [0.5, 1.0, 2.0], ohem_threshold=threshold, ohem_min_kept=5)
+        single = _one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, x, y, loss)
+        mirrored = _one_step(MIRRORED, weights, x, y, loss)
+        for a, b, w in zip(single, mirrored, weights, strict=True):
+            assert np.abs(a - w).max() > 1e-4, name  # the step moved the weights
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=name)
+
+
+CHECKS = {"loss-gradients": loss_gradients, "metrics": fit_metrics, "seg-losses": seg_losses}
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:

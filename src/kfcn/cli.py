@@ -95,6 +95,25 @@ TTA_SCALES_OPTION = click.option(
     show_default=True,
     help="--tta: image scales, comma-separated.",
 )
+TILE_OPTION = click.option(
+    "--tile",
+    type=click.IntRange(min=32),
+    default=None,
+    metavar="SIZE",
+    help="Predict at native resolution by SIZE x SIZE sliding windows; the class probabilities "
+    "of overlapping windows (each with its --tta views and --ensemble models) are averaged "
+    "(no centre weighting), then the argmax is taken. An image within one window is "
+    "predicted whole. Memory is bounded by the window.",
+)
+TILE_OVERLAP_OPTION = click.option(
+    "--tile-overlap",
+    type=click.FloatRange(min=0.0, max=1.0, max_open=True),
+    default=1 / 3,
+    show_default="1/3",
+    metavar="F",
+    help="--tile: the share of a window that overlaps the next (stride SIZE x (1 - F)); the "
+    "last row and column of windows are aligned to the image border.",
+)
 BATCH_SIZE_OPTION = click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -502,6 +521,8 @@ def train(
     "--max-images", type=click.IntRange(min=1), default=None, help="Score only the first N."
 )
 @PRECISION_OPTION
+@TILE_OPTION
+@TILE_OVERLAP_OPTION
 @click.option(
     "--report",
     "report_dir",
@@ -535,6 +556,8 @@ def evaluate(
     batch_size,
     max_images,
     precision,
+    tile,
+    tile_overlap,
     report_dir,
     report_images,
     fit_size,
@@ -578,6 +601,8 @@ def evaluate(
         precision=precision,
         on_image=gallery.add if gallery else None,
         size=_parse_fit_size(fit_size),
+        tile=tile,
+        tile_overlap=tile_overlap,
     )
     click.echo(format_table(report))
     json_path, png_path = write_report(report, out or report_path_of(report))
@@ -610,11 +635,24 @@ def evaluate(
     default=2048,
     show_default=True,
     help="A longer image is predicted shrunk to this long side; its mask is enlarged back. "
-    "No --tta view is larger either.",
+    "No --tta view is larger either. Not applied with --tile.",
 )
 @PRECISION_OPTION
+@TILE_OPTION
+@TILE_OVERLAP_OPTION
 def predict(
-    images, models, ensemble, tta, tta_scales, out_dir, overlay, batch_size, max_side, precision
+    images,
+    models,
+    ensemble,
+    tta,
+    tta_scales,
+    out_dir,
+    overlay,
+    batch_size,
+    max_side,
+    precision,
+    tile,
+    tile_overlap,
 ) -> None:
     """Predict a segmentation mask for each IMAGE (files, directories or glob patterns).
 
@@ -644,6 +682,8 @@ def predict(
         ensemble=ensemble,
         tta=setting,
         precision=precision,
+        tile=tile,
+        tile_overlap=tile_overlap,
     )
     click.echo(f"wrote {len(result.written)} file(s) to {out_dir}")
     if result.failures:

@@ -27,6 +27,9 @@ BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2")  # the modules of kfcn.mod
 WIDTH_NAMES = ("small",)  # the named model.widths of kfcn.models.backbones.vgg16
 VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096, 4096)  # model.widths: blocks 1-5, fc6, fc7
 NUM_WIDTHS = len(VGG16_WIDTHS)
+LOSS_NAMES = ("cross_entropy", "focal", "dice", "lovasz", "cross_entropy+dice")
+CLASS_WEIGHT_NAMES = ("none", "median_frequency")
+PIXEL_LOSSES = ("cross_entropy", "focal", "cross_entropy+dice")  # the ones OHEM can select for
 
 
 def _opt(default: Any = None, help: str = "", **limits: Any) -> Any:
@@ -101,6 +104,25 @@ class TrainConfig:
     deterministic: bool = _opt(
         True, "deterministic ops, so a resumed run equals an uninterrupted one (GPU: slower)"
     )
+    # Losses for rare classes (kfcn.losses): every one ignores label 255.
+    loss: str = _opt("cross_entropy", "the training loss", choices=LOSS_NAMES)
+    focal_gamma: float = _opt(2.0, "focal loss: the focusing exponent gamma", min=0.0)
+    class_weights: list | str = _opt(
+        "none",
+        "'none', 'median_frequency' (from the train split's class pixel counts) or a list of "
+        "one weight >= 0 per class",
+        class_weights=True,
+    )
+    ohem_threshold: float | None = _opt(
+        None,
+        "hard-pixel mining: only pixels whose true-class probability is below this count; "
+        "null = off",
+        above=0.0,
+        below=1.0,
+    )
+    ohem_min_kept: int = _opt(
+        10000, "hard-pixel mining: never fewer than this many pixels per image", min=0
+    )
 
 
 @dataclass
@@ -145,6 +167,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         raise bad(f"a {base.__name__}")
     if meta.get("widths"):
         return _check_widths(value, bad)
+    if meta.get("class_weights"):
+        return _check_class_weights(value, bad)
     if base is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -174,6 +198,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any, where: str) -> Any:
         raise bad(f"a value >= {meta['min']}")
     if "max" in meta and value > meta["max"]:
         raise bad(f"a value <= {meta['max']}")
+    if ("above" in meta and value <= meta["above"]) or ("below" in meta and value >= meta["below"]):
+        raise bad(f"a number in the open interval ({meta['above']}, {meta['below']}) or null")
     if "multiple" in meta and value % meta["multiple"]:
         step = meta["multiple"]
         lower, upper = value - value % step, value - value % step + step
@@ -204,6 +230,40 @@ def _check_widths(value: Any, bad) -> list | str:
     if isinstance(value, list) and is_width_list(value):
         return list(value)
     raise bad(WIDTHS_ALLOWED)
+
+
+CLASS_WEIGHTS_ALLOWED = (
+    f"{' or '.join(repr(n) for n in CLASS_WEIGHT_NAMES)}, or a list of one number >= 0 per "
+    "class (at least one > 0)"
+)
+
+
+def _check_class_weights(value: Any, bad) -> list | str:
+    if isinstance(value, str) and value in CLASS_WEIGHT_NAMES:
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(w, int | float) and not isinstance(w, bool) for w in value)
+        and all(math.isfinite(w) and w >= 0 for w in value)
+        and any(w > 0 for w in value)
+    ):
+        return [float(w) for w in value]
+    raise bad(CLASS_WEIGHTS_ALLOWED)
+
+
+def check_class_weight_count(weights: Any, num_classes: int) -> None:
+    """A `train.class_weights` list must hold one weight per class of the data.
+
+    Raises:
+        ConfigError: a list of another length.
+    """
+    if isinstance(weights, list) and len(weights) != num_classes:
+        raise ConfigError(
+            f"train.class_weights = {weights!r} is not allowed; expected "
+            f"{' or '.join(repr(n) for n in CLASS_WEIGHT_NAMES)}, or a list of {num_classes} "
+            f"numbers >= 0 (one per class), not {len(weights)}"
+        )
 
 
 def _check_stage_patterns(key: str, value: Any, stages: tuple, bad) -> dict:
@@ -312,6 +372,12 @@ def _check_consistency(cfg: Config) -> None:
             f"{cfg.data.scale_max}; expected scale_min <= scale_max"
         )
     check_widths_fit(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.widths)
+    if cfg.train.ohem_threshold is not None and cfg.train.loss not in PIXEL_LOSSES:
+        raise ConfigError(
+            f"train.ohem_threshold = {cfg.train.ohem_threshold} is not allowed with train.loss = "
+            f"{cfg.train.loss!r}; hard-pixel mining selects pixels for "
+            f"{', '.join(PIXEL_LOSSES)}: set train.ohem_threshold: null or change train.loss"
+        )
 
 
 def check_widths_fit(backbone: str, backbone_weights: Any, widths: Any) -> None:

@@ -29,6 +29,7 @@ from kfcn.inference import DEFAULT_SCALES, TTA, Predictor, load_predictor, model
 from kfcn.metrics import ConfusionMatrix
 from kfcn.models import model_info
 from kfcn.padding import batches_by_padded_size
+from kfcn.tiling import DEFAULT_OVERLAP, TiledPredictor, check_tile
 
 SUMMARY_KEYS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")
 SUMMARY_NAMES = ("pixel accuracy", "mean accuracy", "mean IoU", "fw IoU")
@@ -111,6 +112,8 @@ def evaluate_model(
     precision: str = "float32",
     on_image: Callable | None = None,
     size: tuple[int, int] | None = None,
+    tile: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP,
 ) -> dict:
     """Score a model file (or an ensemble, with or without test-time augmentation) on a split.
 
@@ -131,11 +134,14 @@ def evaluate_model(
             back, as a TFLite file of that size is scored; None: each image at its own size
             (a TFLite file always at its own input size).
 
+        tile: predict by SIZE x SIZE sliding windows (`kfcn.tiling`); None = whole images.
+        tile_overlap: the fraction of a window shared with the next, in [0, 1).
+
     Returns:
         The report (see `make_report`), with `model` (the first file), `models` (all files),
-        `tta` (the `TTA.as_dict()` setting, or None), `precision`, and `format`
+        `tta` (the `TTA.as_dict()` setting, or None), `precision`, `format`
         ('keras', 'saved_model', 'tflite', 'onnx'), `quantization`, `file`, `size` and
-        `fitting` (None for any size).
+        `fitting` (None for any size), and `tile` ({"size", "overlap"}) when tiled.
 
     Raises:
         ModelError: no such model file, no finished stage, or an unreadable model.
@@ -151,8 +157,11 @@ def evaluate_model(
         class_names = info["class_names"]
     pipeline.count_records(data_dir, split)  # fails early, listing the splits present
     _check_classes(data_dir, paths[0], class_names)
+    check_tile(tile, tile_overlap)
     if loaded is None:
         predictor, _, _ = load_predictor(paths, tta=tta, precision=precision)
+    if tile is not None:
+        predictor = TiledPredictor(predictor, tile, tile_overlap, progress=progress)
     cm, count = confusion_over_split(
         predictor, data_dir, split, len(class_names), max_images, progress, batch_size, on_image
     )
@@ -169,6 +178,8 @@ def evaluate_model(
     report["file"] = described.get("file", str(paths[0]))
     report["size"] = described.get("size")
     report["fitting"] = described.get("fitting")
+    if tile is not None:
+        report["tile"] = predictor.tile_setting()
     return report
 
 
@@ -247,6 +258,11 @@ def format_table(report: dict) -> str:
         ),
         f"precision: {report.get('precision', 'float32')}",
         *_format_lines(report),
+        *(
+            [f"tiles: {report['tile']['size']} px, overlap {report['tile']['overlap']:.3g}"]
+            if report.get("tile")
+            else []
+        ),
         f"split: {report.get('split', '?')} ({report['num_images']} images)",
         "",
     ]
@@ -284,6 +300,7 @@ def default_report_path(
     fmt: str | None = None,
     quantization: str | None = None,
     size: Sequence[int] | None = None,
+    tile: dict | None = None,
 ) -> Path:
     """Where a report goes without --out: beside the (first) model, named after every setting
     that changes the numbers, so runs with different settings never overwrite each other.
@@ -320,6 +337,10 @@ def default_report_path(
         scales = tuple(float(s) for s in tta.get("scales", DEFAULT_SCALES))
         if scales != DEFAULT_SCALES:
             parts.append("s" + "_".join(f"{s:g}" for s in scales))
+    if tile is not None:  # -tileS[-oO]: windows of side S, overlap O when not the default
+        parts.append(f"tile{tile['size']}")
+        if abs(tile["overlap"] - DEFAULT_OVERLAP) > 1e-9:
+            parts.append(f"o{tile['overlap']:g}")
     if len(models) > 1:
         members = "\n".join(str(Path(m).resolve()) for m in models)
         digest = hashlib.sha1(members.encode()).hexdigest()[:6]
@@ -352,6 +373,7 @@ def report_path_of(report: dict) -> Path:
         fmt=report.get("format"),
         quantization=report.get("quantization"),
         size=report.get("size"),
+        tile=report.get("tile"),
     )
 
 

@@ -12,6 +12,9 @@ first shrunk (area averaging) so its long side is `max_side`, predicted at that 
 class mask is enlarged back to full size by nearest neighbour: the memory of the forward pass
 stays bounded (a 4000x3000 photo peaks at about 3.5 GB with FCN-8s on CPU) while the outputs
 keep the input's size.
+
+With `tile`, images are instead predicted at their native resolution by sliding windows
+(`kfcn.tiling`): nothing is shrunk, and memory is bounded by the window.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from kfcn.inference import TTA, Predictor, check_precision, load_predictor
 from kfcn.models import make_info
 from kfcn.padding import batches_by_padded_size
 from kfcn.palette import IGNORE_LABEL, flat_palette
+from kfcn.tiling import DEFAULT_OVERLAP, TiledPredictor, check_tile
 
 MAX_SIDE = 2048
 """Images with a longer side are predicted at this size and their masks enlarged back."""
@@ -67,6 +71,8 @@ def predict_images(
     ensemble: bool = False,
     tta: TTA | None = None,
     precision: str = "float32",
+    tile: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP,
 ) -> PredictResult:
     """Predict a segmentation mask for each input image and write it (and an overlay) to `out_dir`.
 
@@ -87,6 +93,9 @@ def predict_images(
         ensemble: a run directory stands for all its finished stages (averaged).
         tta: test-time augmentation (flip, scales; see `kfcn.inference`), or None.
         precision: 'float32', 'bfloat16' or 'float16' (see `kfcn.inference.check_precision`).
+        tile: predict by SIZE x SIZE sliding windows at native resolution (`max_side` is then
+            not applied); None = the whole image.
+        tile_overlap: the fraction of a window shared with the next, in [0, 1).
 
     Returns:
         The files written and the inputs that failed; unreadable inputs do not stop the others.
@@ -101,7 +110,11 @@ def predict_images(
         inputs = [inputs]
     files, problems = expand_inputs(inputs)
     targets = _plan_outputs(files, Path(out_dir), overlay)
+    check_tile(tile, tile_overlap)
     predictor, info = _load(model, info, ensemble, tta, precision)
+    if tile is not None:
+        predictor = TiledPredictor(predictor, tile, tile_overlap, progress=progress)
+        max_side = None  # native resolution: the windows bound the memory
     palette = np.asarray(info["palette"], np.uint8).reshape(-1, 3)  # (C, 3)
     result = PredictResult(num_inputs=len(files) + len(problems))
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
@@ -199,10 +212,11 @@ def _load(
     return predictor, info
 
 
-def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
-    """`image` (H, W, 3) shrunk by area averaging so its long side is `max_side`, when longer."""
+def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`image` (H, W, 3) shrunk by area averaging so its long side is `max_side`, when longer
+    (None: unchanged)."""
     h, w = image.shape[:2]
-    if max(h, w) <= max_side:
+    if max_side is None or max(h, w) <= max_side:
         return image
     scale = max_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))

@@ -25,13 +25,13 @@ import tensorflow as tf
 
 from kfcn import __version__, checkpoint, resume
 from kfcn.callbacks import EpochCommit, KeyedDropoutSeeds, StopOnNonFinite, Validation
-from kfcn.config import STAGES, Config, save_config
-from kfcn.data import pipeline, records
+from kfcn.config import STAGES, Config, check_class_weight_count, save_config
+from kfcn.data import class_stats, pipeline, records
 from kfcn.errors import ConfigError, KfcnError
 from kfcn.evaluate import score_split
 from kfcn.fileio import atomic_write
 from kfcn.keras_compat import build_for_fit, patch_multiworker_reduce
-from kfcn.losses import MaskedSparseCrossEntropy
+from kfcn.losses import make_loss
 from kfcn.metrics import MeanIoU, PixelAccuracy
 from kfcn.models import (
     apply_freeze,
@@ -208,6 +208,29 @@ def dataset_classes(data_dir: Path, cfg: Config) -> tuple[list[str], list[list[i
     return names, palette
 
 
+def resolve_class_weights(cfg: Config, data_dir: Path, names: list[str], echo=print):
+    """The class weights of `train.class_weights` (None for 'none'), printed when in use.
+
+    'median_frequency' comes from the train split's class pixel counts (`kfcn.data.class_stats`:
+    meta.json, else counted once and cached).
+
+    Raises:
+        ConfigError: a weight list whose length is not the data's class count.
+    """
+    setting = cfg.train.class_weights
+    check_class_weight_count(setting, len(names))
+    if setting == "none":
+        return None
+    if setting == "median_frequency":
+        counts = class_stats.class_pixel_counts(data_dir, "train", len(names), progress=True)
+        weights = class_stats.median_frequency_weights(counts).tolist()
+    else:
+        weights = [float(w) for w in setting]
+    shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights, strict=True))
+    echo(f"class weights ({setting if isinstance(setting, str) else 'list'}): {shown}")
+    return weights
+
+
 def _learning_rate(cfg: Config, total_steps: int):
     lr = cfg.train.learning_rate
     if cfg.train.lr_schedule == "poly":
@@ -325,6 +348,7 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     try:
         records.list_shards(opts.data_dir, "train")  # fail early, naming the data dir
         names, palette = dataset_classes(opts.data_dir, cfg)
+        class_weights = resolve_class_weights(cfg, opts.data_dir, names, echo)
         source = init_source(opts, cfg)
     except KfcnError as exc:
         if _task_index() == 0:  # tell the other workers, which wait for this one
@@ -351,7 +375,7 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     if state is not None:
         resume.check_resume(state, settings, stage_dir)
 
-    model = _compiled_model(strategy, opts, cfg, source, steps, names)
+    model = _compiled_model(strategy, opts, cfg, source, steps, names, class_weights)
     echo(_summary(opts, cfg, strategy, source, model, counts, global_batch, steps, precision))
     first_epoch = _restore(model, state, stage_dir, steps, echo if chief else None)
     if chief:
@@ -408,13 +432,15 @@ def _steps_per_epoch(cfg: Config, train_count: int, global_batch: int) -> int:
     return steps
 
 
-def _compiled_model(strategy, opts: TrainOptions, cfg: Config, source, steps: int, names):
+def _compiled_model(
+    strategy, opts: TrainOptions, cfg: Config, source, steps: int, names, class_weights
+):
     """The stage's model, compiled, its optimizer and metric variables built, in the scope."""
     with strategy.scope():
         model, _ = build_stage_model(opts, cfg, source, names)
         model.compile(
             optimizer=keras.optimizers.Adam(_learning_rate(cfg, steps * cfg.train.epochs)),
-            loss=MaskedSparseCrossEntropy(),
+            loss=make_loss(cfg.train, cfg.model.num_classes, class_weights),
             metrics=[
                 PixelAccuracy(cfg.model.num_classes, name="pixel_accuracy"),
                 MeanIoU(cfg.model.num_classes, name="mean_iou"),
@@ -449,17 +475,24 @@ def _fit(model, strategy, cfg: Config, opts: TrainOptions, first_epoch, steps, c
             input_context=ctx,
             first_epoch=first_epoch,
             steps_per_epoch=steps,
+            num_classes=cfg.model.num_classes,
         )
     )
-    model.fit(
-        train_ds,
-        epochs=cfg.train.epochs,
-        initial_epoch=first_epoch,
-        steps_per_epoch=steps,
-        shuffle=False,  # the pipeline shuffles
-        callbacks=callbacks,
-        verbose=1 if chief else 0,
-    )
+    try:
+        model.fit(
+            train_ds,
+            epochs=cfg.train.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            shuffle=False,  # the pipeline shuffles
+            callbacks=callbacks,
+            verbose=1 if chief else 0,
+        )
+    except tf.errors.InvalidArgumentError as exc:
+        bad_label = pipeline.bad_label_error(exc)
+        if bad_label is None:
+            raise
+        raise bad_label from None
 
 
 def _raise_on_nonfinite(callbacks: list, stage_dir: Path, chief: bool) -> None:

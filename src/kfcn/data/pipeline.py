@@ -12,6 +12,7 @@ Evaluation reads the records in order, one full-resolution example at a time.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import tensorflow as tf
 from kfcn.config import DataConfig
 from kfcn.data import augment, records
 from kfcn.errors import ConfigError, DataError
+from kfcn.palette import IGNORE_LABEL
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_PARALLEL_FILES = 4
@@ -61,6 +63,7 @@ def train_dataset(
     repeat: bool = True,
     first_epoch: int = 0,
     steps_per_epoch: int | None = None,
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
     """Augmented training batches from the shards of `split`, epoch after epoch.
 
@@ -94,6 +97,8 @@ def train_dataset(
         first_epoch: the (0-based) epoch the stream starts at.
         steps_per_epoch: global batches per epoch (records are cycled within the epoch to fill
             them); None: one pass over the records, the last partial global batch dropped.
+        num_classes: when given, a label value >= this (other than IGNORE_LABEL) stops the
+            pipeline with an error that `bad_label_error` turns into one line.
 
     Returns:
         Dataset of (images (B, S, S, 3) float32 in 0-255, labels (B, S, S) int32) with
@@ -122,6 +127,12 @@ def train_dataset(
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
+        if num_classes is not None:
+            ds = ds.map(
+                lambda i, ex: (i, check_labels(ex, num_classes, split)),
+                num_parallel_calls=AUTOTUNE,
+                deterministic=True,
+            )
         augment_seed = epoch_key(seed, epoch)[2]
         ds = ds.map(
             _augment_fn(data_cfg, augment_seed), num_parallel_calls=AUTOTUNE, deterministic=True
@@ -187,6 +198,44 @@ def epoch_records(
     if shuffle:
         ds = _block_shuffle(ds, shuffle_buffer, record_seed)
     return ds
+
+
+_BAD_LABEL = "kfcn-label-out-of-range"
+_BAD_LABEL_RE = re.compile(
+    re.escape(_BAD_LABEL) + r"\] \[(?P<split>[^\]]*)\] \[(?P<id>[^\]]*)\] \[(?P<value>\d+)\] "
+    r"\[(?P<classes>\d+)\]"
+)
+
+
+def check_labels(example: dict, num_classes: int, split: str) -> dict:
+    """`example` unchanged, after checking that its label holds only classes and IGNORE_LABEL.
+
+    Such a label would otherwise reach the loss as a valid pixel with a zero one-hot row (no
+    loss, yet counted). The failed check carries the split, record id and largest bad value,
+    which `bad_label_error` reads back.
+    """
+    label = tf.cast(example["label"], tf.int32)  # (H, W)
+    bad = tf.logical_and(label >= num_classes, label != IGNORE_LABEL)
+    value = tf.reduce_max(tf.where(bad, label, 0))
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [_BAD_LABEL, split, example["id"], value, num_classes],
+    )
+    with tf.control_dependencies([check]):
+        return {**example, "label": tf.identity(example["label"])}
+
+
+def bad_label_error(exc: BaseException) -> DataError | None:
+    """The one-line error for a failed `check_labels`, or None for any other error."""
+    match = _BAD_LABEL_RE.search(str(exc))
+    if match is None:
+        return None
+    last = int(match["classes"]) - 1
+    return DataError(
+        f"label value {match['value']} in record '{match['id']}' of the '{match['split']}' split "
+        f"is neither a class (0-{last}) nor the ignore value {IGNORE_LABEL}; fix the masks and "
+        "prepare the data again (`kfcn prepare` refuses such values)"
+    )
 
 
 def _block_shuffle(ds: tf.data.Dataset, block: int, seed: tf.Tensor) -> tf.data.Dataset:

@@ -409,6 +409,9 @@ def prepare_dataset(
         "class_names": list(VOC_CLASSES),
         "palette": voc_colormap(len(VOC_CLASSES)).tolist(),
         "ignore_label": IGNORE_LABEL,
+        "class_pixels": {
+            name: s["label_counts"][: len(VOC_CLASSES)].tolist() for name, s in splits.items()
+        },
         "sbd_dir": str(Path(sbd_dir).resolve()),
         "voc_dir": str(Path(voc_dir).resolve()),
         "shard_size": shard_size,
