@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from kfcn.errors import ModelError
 from kfcn.images import write_atomic
-from kfcn.padding import crop_to, pad_image
+from kfcn.padding import crop_to, input_multiple, pad_image
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZE = ("none", "float16", "dynamic", "int8")
@@ -53,7 +53,7 @@ MAX_CLASSES = 256
 
 def _segment(model: keras.Model, image: tf.Tensor) -> dict[str, tf.Tensor]:
     """(H, W, 3) uint8 -> mask (H, W) uint8 and probabilities (H, W, C) float32."""
-    padded, hw = pad_image(image)  # (H', W', 3) float32, (2,) int32
+    padded, hw = pad_image(image, input_multiple(model))  # (H', W', 3) float32, (2,) int32
     logits = model(padded[tf.newaxis], training=False)[0]  # (H', W', C)
     logits = crop_to(tf.cast(logits, tf.float32), hw)  # (H, W, C)
     mask = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (H, W)

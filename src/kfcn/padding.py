@@ -1,7 +1,9 @@
 """Pad images to a multiple of 32 for the FCN models, and crop the logits back.
 
-The FCN models need a height and width divisible by 32 (five 2x poolings, then exact 2x/8x/16x/32x
-upsampling). Every caller — validation during training, `evaluate`, `predict`, export — goes through
+kfcn's FCN models need a height and width divisible by 32 (five 2x poolings, then exact
+2x/8x/16x/32x upsampling); the Caffe topology takes any size. A model declares which through its
+preprocessing layer (`input_multiple`), and `input_multiple(model)` is the one place that reads
+it: every padding here pads to that multiple (1 = no padding). Every caller — validation during training, `evaluate`, `predict`, export — goes through
 these functions, so users never meet that constraint:
 
 * images are padded on the bottom and right with the ImageNet mean colour, which the model's
@@ -35,12 +37,25 @@ IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 """Per-channel ImageNet mean (R, G, B) that VGG16's preprocessing subtracts."""
 
 
-def padded_size(size: tf.Tensor | int) -> tf.Tensor | int:
-    """The smallest multiple of 32 that is >= `size` (and >= 32)."""
+def input_multiple(model) -> int:
+    """What `model` declares about its input: H and W must be multiples of this (1 = any size).
+
+    The declaration is the `input_multiple` of the model's `preprocess` layer (32 for kfcn's
+    topology, 1 for the Caffe one); a model without one (a stand-in) gets `MULTIPLE`.
+    """
+    try:
+        layer = model.get_layer("preprocess")
+    except (AttributeError, ValueError):
+        return MULTIPLE
+    return int(getattr(layer, "input_multiple", MULTIPLE))
+
+
+def padded_size(size: tf.Tensor | int, multiple: int = MULTIPLE) -> tf.Tensor | int:
+    """The smallest multiple of `multiple` that is >= `size` (and >= `multiple`)."""
     if isinstance(size, (int, np.integer)):
-        return max(1, -(-int(size) // MULTIPLE)) * MULTIPLE
+        return max(1, -(-int(size) // multiple)) * multiple
     size = tf.convert_to_tensor(size)
-    return tf.maximum((size + MULTIPLE - 1) // MULTIPLE, 1) * MULTIPLE
+    return tf.maximum((size + multiple - 1) // multiple, 1) * multiple
 
 
 def _bottom_right(rank: int, axis_h: int, pad_h: tf.Tensor, pad_w: tf.Tensor) -> tf.Tensor:
@@ -56,11 +71,12 @@ def _bottom_right(rank: int, axis_h: int, pad_h: tf.Tensor, pad_w: tf.Tensor) ->
     return tf.stack(rows)  # (rank, 2)
 
 
-def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def pad_image(image: tf.Tensor, multiple: int = MULTIPLE) -> tuple[tf.Tensor, tf.Tensor]:
     """Pad an RGB image (or a batch of same-sized ones) to the next multiple of 32.
 
     Args:
         image: (H, W, 3) or (B, H, W, 3) RGB in 0-255, any real or integer dtype.
+        multiple: pad to a multiple of this instead (`input_multiple(model)`).
 
     Returns:
         `(padded, hw)`: padded float32 (..., H', W', 3) with H', W' the next multiples of 32, the
@@ -74,8 +90,8 @@ def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     image = tf.cast(image, tf.float32)
     shape = tf.shape(image)
     hw = shape[rank - 3 : rank - 1]  # (2,) int32
-    pad_h = padded_size(hw[0]) - hw[0]
-    pad_w = padded_size(hw[1]) - hw[1]
+    pad_h = padded_size(hw[0], multiple) - hw[0]
+    pad_w = padded_size(hw[1], multiple) - hw[1]
     paddings = _bottom_right(rank, rank - 3, pad_h, pad_w)
     # Select rather than add/subtract the mean, so the original pixels stay bit-identical.
     inside = tf.pad(tf.ones_like(image[..., :1], dtype=tf.bool), paddings, constant_values=False)
@@ -84,8 +100,9 @@ def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return padded, hw
 
 
-def pad_label(label: tf.Tensor) -> tf.Tensor:
-    """Pad a label map (or a batch of same-sized ones) with `IGNORE_LABEL` to a multiple of 32.
+def pad_label(label: tf.Tensor, multiple: int = MULTIPLE) -> tf.Tensor:
+    """Pad a label map (or a batch of same-sized ones) with `IGNORE_LABEL` to a multiple of 32
+    (or of `multiple`).
 
     Args:
         label: (H, W) or (B, H, W) integer class indices.
@@ -99,7 +116,8 @@ def pad_label(label: tf.Tensor) -> tf.Tensor:
         raise ValueError(f"pad_label expects (H, W) or (B, H, W); got shape {label.shape}")
     shape = tf.shape(label)
     h, w = shape[rank - 2], shape[rank - 1]
-    paddings = _bottom_right(rank, rank - 2, padded_size(h) - h, padded_size(w) - w)
+    pad_h, pad_w = padded_size(h, multiple) - h, padded_size(w, multiple) - w
+    paddings = _bottom_right(rank, rank - 2, pad_h, pad_w)
     return tf.pad(label, paddings, constant_values=tf.cast(IGNORE_LABEL, label.dtype))
 
 
@@ -145,7 +163,7 @@ def predict_logits(model, image) -> np.ndarray:
     Returns:
         (H, W, C) float32 NumPy logits for the original pixels.
     """
-    padded, hw = pad_image(image)
+    padded, hw = pad_image(image, input_multiple(model))
     if padded.shape.rank != 3:
         raise ValueError(f"predict_logits expects one (H, W, 3) image; got shape {padded.shape}")
     logits = _forward(model)(padded[tf.newaxis])[0]  # (H', W', C)
@@ -170,7 +188,8 @@ def predict_classes(model, images: Sequence) -> list[np.ndarray]:
     Raises:
         ValueError: the images' padded sizes differ, or the model has more than 256 classes.
     """
-    padded = [pad_image(image) for image in images]
+    multiple = input_multiple(model)
+    padded = [pad_image(image, multiple) for image in images]
     shapes = {tuple(p.shape) for p, _ in padded}
     if len(shapes) != 1 or padded[0][0].shape.rank != 3:
         raise ValueError(
@@ -191,7 +210,7 @@ def predict_classes(model, images: Sequence) -> list[np.ndarray]:
 
 
 def batches_by_padded_size(
-    items: Iterable, batch_size: int, image_of=lambda item: item
+    items: Iterable, batch_size: int, image_of=lambda item: item, multiple: int = MULTIPLE
 ) -> Iterator:
     """Group a stream of items into batches whose images share a padded size.
 
@@ -202,6 +221,7 @@ def batches_by_padded_size(
         items: any iterable; `image_of(item)` is its (H, W, 3) image.
         batch_size: the most items per batch (>= 1).
         image_of: maps an item to its image.
+        multiple: what the images are padded to (`input_multiple` of the model).
 
     Yields:
         Lists of 1 to `batch_size` items.
@@ -211,7 +231,7 @@ def batches_by_padded_size(
     buckets: dict[tuple[int, int], list] = {}
     for item in items:
         h, w = np.shape(image_of(item))[:2]
-        key = (padded_size(h), padded_size(w))
+        key = (padded_size(h, multiple), padded_size(w, multiple))
         bucket = buckets.setdefault(key, [])
         bucket.append(item)
         if len(bucket) == batch_size:
