@@ -135,7 +135,9 @@ def _legacy(net) -> caffeproto.NetParameter:
         v1 = old.layers.add(name=layer.name, type=V1_CODES[layer.type])
         for blob in layer.blobs:
             dims = [1] * (4 - len(blob.shape.dim)) + list(blob.shape.dim)
-            v1.blobs.add(num=dims[0], channels=dims[1], height=dims[2], width=dims[3], data=blob.data)
+            v1.blobs.add(
+                num=dims[0], channels=dims[1], height=dims[2], width=dims[3], data=blob.data
+            )
     return old
 
 

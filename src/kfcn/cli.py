@@ -628,6 +628,31 @@ def predict(
         )
 
 
+@main.command(short_help="Convert a published Caffe FCN (.caffemodel) into a kfcn model.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="The .keras file to write."
+)
+@click.option(
+    "--classes",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A class-list YAML file (names, colors) for the model's classes; default the VOC ones.",
+)
+def convert(source, out, classes) -> None:
+    """Convert SOURCE, a Caffe FCN-32s/16s/8s (e.g. fcn8s-heavy-pascal.caffemodel), into a
+    kfcn model of the Caffe topology (model.topology: caffe) that every command takes.
+
+    The variant (and at-once FCN-8s) comes from the layer names, the widths from the weights;
+    no Caffe install is needed.
+    """
+    from kfcn.convert import convert_caffemodel
+
+    path, info = convert_caffemodel(source, out, classes)
+    at_once = " at-once" if info.get("at_once") else ""
+    click.echo(f"wrote {path} ({info['variant']}{at_once}, {len(info['class_names'])} classes)")
+
+
 @main.command(short_help="Export a model as a SavedModel or a TFLite file for serving.")
 @click.option(
     "--model",

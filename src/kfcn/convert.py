@@ -69,8 +69,11 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, caffeproto.Layer]:
         raise _fail(path, f"cannot read the file ({exc.strerror})") from None
     except (DecodeError, RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "bad bytes"
+        reason = reason.split(": ")[-1]  # protobuf's "Error parsing message ...: " prefix
         raise _fail(
-            path, f"not a Caffe model (a binary NetParameter); it does not parse ({reason})"
+            path,
+            "not a Caffe model (a binary NetParameter): the file is truncated, damaged or of "
+            f"another kind ({reason})",
         ) from None
     try:
         layers = caffeproto.net_layers(net)
