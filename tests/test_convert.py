@@ -164,3 +164,102 @@ def test_truncated_blob_is_named(tmp_path):
     cut.write_bytes(parsed.SerializeToString())
     with pytest.raises(ModelError, match="cut.caffemodel: .*truncated"):
         convert_caffemodel(cut, tmp_path / "cut.keras")
+
+
+# --- every downstream command takes a converted model
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A converted tiny FCN-8s (5 classes) and its Caffe net, and 5-class synthetic shards."""
+    from .shards import write_shards
+
+    root = tmp_path_factory.mktemp("converted")
+    net = write_caffe_net(root, "fcn8", form="full", seed=11)
+    path, _ = convert_caffemodel(net.caffemodel, root / "fcn8.keras")
+    data = root / "data"
+    write_shards(data, "train", 4, size=(64, 80), num_classes=5, seed=1, per_shard=4)
+    write_shards(data, "val", 3, size=(61, 83), num_classes=5, seed=2, per_shard=3)
+    return net, path, data
+
+
+def test_evaluate_scores_opencvs_predictions(converted):
+    from kfcn.data import pipeline
+    from kfcn.evaluate import evaluate_model
+    from kfcn.metrics import ConfusionMatrix
+
+    net, path, data = converted
+    report = evaluate_model(path, data, "val", batch_size=2)
+    cm = ConfusionMatrix(net.num_classes)
+    for ex in pipeline.eval_dataset(data, "val"):
+        cm.update(ex["label"].numpy(), opencv_scores(net, ex["image"].numpy()).argmax(-1))
+    expected = json.loads(json.dumps(make_report_of(cm)))
+    assert report["num_images"] == 3
+    assert report["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-4)
+    assert report["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-4)
+
+
+def make_report_of(cm):
+    from kfcn.evaluate import summary_scores
+
+    return summary_scores(cm)
+
+
+def test_tta_and_ensembles_take_converted_models(converted):
+    import tensorflow as tf
+
+    from kfcn.inference import TTA, load_predictor
+
+    _, path, _ = converted
+    predictor, _, _ = load_predictor([path, path], tta=TTA(flip=True, scales=(1.0,)))
+    assert predictor.input_multiple == 1
+    image = _image(45, 71, seed=9)
+    model, _ = load_model(path)
+    plain = tf.nn.softmax(predict_logits(model, image)).numpy()
+    mirrored = tf.nn.softmax(predict_logits(model, image[:, ::-1])).numpy()[:, ::-1]
+    np.testing.assert_allclose(predictor.probabilities(image), (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_saved_model_export_of_a_converted_model(converted, tmp_path):
+    import tensorflow as tf
+
+    from kfcn.export import export_model
+
+    _, path, _ = converted
+    out = export_model(path, "saved_model", tmp_path / "export")
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    image = _image(37, 59, seed=4)
+    mask = serve(image=tf.constant(image))["mask"].numpy()
+    model, _ = load_model(path)
+    (expected,) = predict_classes(model, [image])
+    assert mask.shape == (37, 59)
+    assert (mask == expected).mean() >= 0.9999
+
+
+def test_a_stage_from_a_converted_model_keeps_its_topology(converted, tmp_path):
+    """`kfcn train --stage fcn8 --init MODEL.keras` builds the stage from the init model's
+    topology and Caffe layout and takes all its weights; an explicit other topology fails."""
+    from kfcn.config import load_config
+    from kfcn.errors import ConfigError
+    from kfcn.models import layout_of, topology_of
+    from kfcn.train import TrainOptions, build_stage_model
+
+    net, path, data = converted
+    sets = [
+        "model.backbone_weights=none",
+        f"model.widths={list(net.widths)}",
+        "model.num_classes=5",
+    ]
+    cfg = load_config(None, sets)
+    opts = TrainOptions("fcn8", data, tmp_path / "run", init=path)
+    model, _ = build_stage_model(opts, cfg, path)
+    source, _ = load_model(path)
+    assert topology_of(model) == "caffe" and cfg.model.topology == "caffe"
+    assert layout_of(model) == layout_of(source)
+    for mine, theirs in zip(model.weights, source.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    cfg = load_config(None, [*sets, "model.topology=kfcn"])
+    with pytest.raises(
+        ConfigError, match=r"model.topology = 'kfcn', but .*fcn8.keras is a model of the 'caffe'"
+    ):
+        build_stage_model(opts, cfg, path)

@@ -74,8 +74,9 @@ class ModelConfig:
         0.5, "dropout rate after fc6 and fc7 (vgg16) or in the FCN head", min=0.0, max=0.99
     )
     # `caffe` is the net of the published Caffe FCNs (what `kfcn convert` reads), any input size.
-    topology: str = _opt(
-        "kfcn",
+    topology: str | None = _opt(
+        None,
+        "null = kfcn's, or that of the model a stage starts from (--init, an earlier stage); "
         "'kfcn' = 'same' convolutions on inputs padded to a multiple of 32; 'caffe' = the Caffe "
         "FCNs' net (vgg16: conv1_1 padded by 100, ceil pooling, crops), any input size",
         choices=("kfcn", "caffe"),

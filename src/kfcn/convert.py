@@ -357,8 +357,6 @@ def convert_caffemodel(
         for variable, value in zip(target.weights, values, strict=True):
             variable.assign(value)
     del weights, layers
-    from kfcn.models.fcn import caffe_layout
-
     info = make_info(
         variant,
         cfg,
@@ -366,6 +364,5 @@ def convert_caffemodel(
         palette=class_list.palette if class_list else None,
     )
     info["at_once"] = at_once
-    info["caffe_layout"] = caffe_layout(variant, layout)
     info["source"] = {"file": source.name, "sha256": _sha256(source), "format": "caffemodel"}
     return save_model(model, out, info), info

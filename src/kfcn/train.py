@@ -30,7 +30,15 @@ from kfcn.evaluate import score_split
 from kfcn.keras_compat import build_for_fit, patch_multiworker_reduce
 from kfcn.losses import MaskedSparseCrossEntropy
 from kfcn.metrics import MeanIoU, PixelAccuracy
-from kfcn.models import apply_freeze, build_fcn, make_info, save_model, transfer_weights
+from kfcn.models import (
+    apply_freeze,
+    build_fcn,
+    load_model,
+    make_info,
+    save_model,
+    stage_topology,
+    transfer_weights,
+)
 from kfcn.palette import VOC_CLASSES, voc_colormap
 from kfcn.runs import CONFIG_FILE, FINAL_MODEL, LOGS_DIR
 from kfcn.summaries import SegmentationSummaries
@@ -141,8 +149,17 @@ def _learning_rate(cfg: Config, total_steps: int):
 
 
 def build_stage_model(opts: TrainOptions, cfg: Config, source) -> tuple[keras.Model, list[str]]:
-    """Build the stage's model, take the previous stage's weights, apply the freeze patterns."""
+    """Build the stage's model, take the previous stage's weights, apply the freeze patterns.
+
+    A stage that starts from a model file keeps that model's topology (`stage_topology`), and
+    `cfg.model.topology` is set to it so the stage's config and model files say which it is.
+    """
     from_backbone = opts.stage == "fcn32" and not isinstance(source, Path)
+    layout = None
+    if not from_backbone:
+        where, (source, _) = str(source), load_model(source)
+        topology, layout = stage_topology(opts.stage, cfg.model.topology, source, where)
+        cfg.model.topology = topology
     model = build_fcn(
         opts.stage,
         num_classes=cfg.model.num_classes,
@@ -152,9 +169,11 @@ def build_stage_model(opts: TrainOptions, cfg: Config, source) -> tuple[keras.Mo
         dropout=cfg.model.dropout,
         train_upsampling=cfg.model.train_upsampling,
         widths=cfg.model.widths,
+        topology=cfg.model.topology,
+        layout=layout,
     )
     if not from_backbone:
-        transfer_weights(source, model)
+        transfer_weights(source, model, where)
     frozen = apply_freeze(model, cfg.model.freeze[opts.stage])
     return model, frozen
 

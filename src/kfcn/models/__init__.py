@@ -25,6 +25,9 @@ from kfcn.models.fcn import (
     build_fcn,
     build_fcn_from_config,
     caffe_layout,
+    layout_of,
+    stage_topology,
+    topology_of,
     transfer_weights,
 )
 from kfcn.models.io import load_model, make_info, model_info, save_model
@@ -53,5 +56,8 @@ __all__ = [
     "make_info",
     "model_info",
     "save_model",
+    "stage_topology",
+    "topology_of",
+    "layout_of",
     "transfer_weights",
 ]

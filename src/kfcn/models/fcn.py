@@ -265,7 +265,7 @@ def build_fcn(
     dropout: float = 0.5,
     train_upsampling: bool = False,
     widths=None,
-    topology: str = "kfcn",
+    topology: str | None = "kfcn",
     layout: dict | None = None,
 ) -> keras.Model:
     """Build an FCN as a functional Keras model.
@@ -284,7 +284,7 @@ def build_fcn(
         widths: VGG16 only (`model.widths`): the filters of blocks 1-5, fc6 and fc7 as seven
             ints, 'small' (16, 32, 64, 128, 128, 256, 256) or None for VGG16's own. Any widths
             give the same layers, names and skips; pretrained weights need the default ones.
-        topology: 'kfcn' ("same" convolutions and exact 2x pooling: H and W multiples of 32) or
+        topology: 'kfcn' (or None: "same" convolutions and exact 2x pooling: H and W multiples of 32) or
             'caffe' (VGG16 only: the published Caffe FCNs' net, for any H and W: Caffe's mean,
             conv1_1 padded by 100, ceil-mode pooling, fc6 unpadded, unpadded transposed
             convolutions and crops; see `caffe_layout`).
@@ -301,6 +301,7 @@ def build_fcn(
     """
     _check_args(variant, num_classes, weight_decay, dropout)
     net = get_backbone(backbone)
+    topology = topology or "kfcn"
     if topology not in TOPOLOGIES:
         raise ConfigError(
             f"model.topology = {topology!r} is not allowed; expected one of {', '.join(TOPOLOGIES)}"
@@ -378,12 +379,68 @@ def build_fcn_from_config(variant: str, model_cfg: ModelConfig, weight_decay: fl
     )
 
 
+def topology_of(model: keras.Model) -> str:
+    """'caffe' for a model of the Caffe topology (its preprocessing is Caffe's), else 'kfcn'."""
+    from kfcn.models.backbones.vgg16 import CaffePreprocess
+
+    names = {layer.name for layer in model.layers}
+    caffe = "preprocess" in names and isinstance(model.get_layer("preprocess"), CaffePreprocess)
+    return "caffe" if caffe else "kfcn"
+
+
+def layout_of(model: keras.Model) -> dict:
+    """The `caffe_layout` a Caffe-topology model was built with, read from its layers."""
+    layers = {layer.name: layer for layer in model.layers}
+    pad = layers.get("block1_conv1_pad")
+    upsampling, bias, crops = {}, [], {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            upsampling[layer.name] = [int(layer.kernel_size[0]), int(layer.strides[0])]
+            if layer.use_bias:
+                bias.append(layer.name)
+        elif isinstance(layer, CaffeCrop):
+            crops[layer.name] = list(layer.offset)
+    return {
+        "conv1_pad": int(pad.padding[0][0]) if pad is not None else 0,
+        "upsampling": upsampling,
+        "crops": crops,
+        "deconv_bias": sorted(bias),
+        "at_once": "scale_pool4" in layers,
+    }
+
+
+def stage_topology(variant: str, requested: str | None, source: keras.Model, where: str):
+    """The topology and Caffe layout of a stage that starts from `source`'s weights: those of
+    `source` (the Caffe layout only where `source` is the same variant; else the FCN values
+    with its conv1_1 padding).
+
+    Returns:
+        `(topology, layout)` for `build_fcn`.
+
+    Raises:
+        ConfigError: `requested` (model.topology) is set and differs from the source's.
+    """
+    topology = topology_of(source)
+    if requested is not None and requested != topology:
+        raise ConfigError(
+            f"model.topology = {requested!r}, but {where} is a model of the {topology!r} "
+            f"topology; a stage keeps the topology of the model it starts from: set "
+            f"model.topology: null (or {topology!r})"
+        )
+    if topology != "caffe":
+        return topology, None
+    layout = layout_of(source)
+    if source.name != variant:
+        layout = {"conv1_pad": layout["conv1_pad"]}
+    return topology, layout
+
+
 def num_classes_of(model: keras.Model) -> int:
     """The number of classes an FCN predicts (its output's last dimension)."""
     return int(model.output.shape[-1])
 
 
-def transfer_weights(source, target: keras.Model) -> list[str]:
+def transfer_weights(source, target: keras.Model, where: str | None = None) -> list[str]:
     """Initialise `target` from a trained earlier stage: FCN-16s from FCN-32s, FCN-8s from FCN-16s.
 
     Every layer of `target` that has weights and a namesake in `source` takes that layer's weights
@@ -393,6 +450,7 @@ def transfer_weights(source, target: keras.Model) -> list[str]:
     Args:
         source: a model, or the path of a model file saved by `kfcn.models.save_model`.
         target: the model to initialise, in place.
+        where: how messages name a source given as a model (default "source model").
 
     Returns:
         The names of the layers whose weights were copied.
@@ -401,7 +459,7 @@ def transfer_weights(source, target: keras.Model) -> list[str]:
         ModelError: the source cannot be loaded, predicts a different number of classes, or has a
             same-named layer with differently shaped weights.
     """
-    where = "source model"
+    where = where or "source model"
     if not isinstance(source, keras.Model):
         from kfcn.models.io import load_model  # io imports this module
 
