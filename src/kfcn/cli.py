@@ -164,7 +164,7 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--scheme",
-    type=click.Choice(["seed", "voc12val"]),
+    type=click.Choice(["seed", "voc12val", "seg11valid"]),
     default="seed",
     show_default=True,
     help="SBD + VOC: which ids go to train and val (see above).",
@@ -261,6 +261,8 @@ def prepare(
       voc12val  val   = VOC val.txt                              (1,449)
                 train = (SBD train + val + VOC train) - VOC val  (10,582, "train_aug")
                 an id in both datasets takes its label from VOC
+      seg11valid val  = the FCN paper's 736 seg11valid ids, VOC labels (736)
+                train = SBD train.txt, SBD labels                (8,498)
     val keeps its list's order; train is sorted by id.
 
     \b
