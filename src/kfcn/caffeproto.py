@@ -211,8 +211,23 @@ def blob_array(blob) -> np.ndarray:
     return values.reshape(shape)
 
 
+def _param(layer, name: str):
+    """A copy of the layer's parameter message `name` (None when absent). A copy, so that no
+    reference into the parsed net keeps its memory (all of the file's floats) alive."""
+    if not layer.HasField(name):
+        return None
+    param = getattr(layer, name)
+    copy = type(param)()
+    copy.CopyFrom(param)
+    return copy
+
+
 def net_layers(net) -> list[Layer]:
-    """The layers of a parsed `NetParameter`: its `layer` list, else its legacy `layers` list."""
+    """The layers of a parsed `NetParameter`: its `layer` list, then its legacy `layers` list.
+
+    The records hold no reference into `net`: once the caller drops `net`, only the blobs' arrays
+    remain in memory.
+    """
     out = []
     for layer in net.layer:
         out.append(
@@ -222,10 +237,10 @@ def net_layers(net) -> list[Layer]:
                 list(layer.bottom),
                 list(layer.top),
                 [blob_array(b) for b in layer.blobs],
-                layer.convolution_param if layer.HasField("convolution_param") else None,
-                layer.pooling_param if layer.HasField("pooling_param") else None,
-                layer.crop_param if layer.HasField("crop_param") else None,
-                layer.scale_param if layer.HasField("scale_param") else None,
+                _param(layer, "convolution_param"),
+                _param(layer, "pooling_param"),
+                _param(layer, "crop_param"),
+                _param(layer, "scale_param"),
             )
         )
     for layer in net.layers:
@@ -236,8 +251,8 @@ def net_layers(net) -> list[Layer]:
                 list(layer.bottom),
                 list(layer.top),
                 [blob_array(b) for b in layer.blobs],
-                layer.convolution_param if layer.HasField("convolution_param") else None,
-                layer.pooling_param if layer.HasField("pooling_param") else None,
+                _param(layer, "convolution_param"),
+                _param(layer, "pooling_param"),
             )
         )
     return out

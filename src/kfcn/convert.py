@@ -79,6 +79,7 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, caffeproto.Layer]:
         layers = caffeproto.net_layers(net)
     except ValueError as exc:
         raise _fail(path, f"a damaged or truncated Caffe model: {exc}") from None
+    del net  # the parsed message holds a second copy of every float
     if not any(layer.blobs for layer in layers):
         raise _fail(path, "not a Caffe model with weights: no layer holds any blobs")
     return {layer.name: layer for layer in layers}
@@ -254,6 +255,68 @@ def _layout(path, layers: dict, variant: str, at_once: bool) -> dict:
     }
 
 
+def _assign(source, model, weights: dict[str, list[np.ndarray]]) -> None:
+    """Set the model's layers from `weights` (emptied on the way), smallest layer first.
+
+    Each array is transposed into one aligned buffer that TensorFlow takes without copying, and
+    each layer's file data is released once assigned; taking fc6 (0.4 GB of 0.54) last, little
+    else of the file is still held then. Peak memory stays near the model plus one fc6.
+    """
+    import tensorflow as tf
+
+    from kfcn.models.io import _aligned_empty
+
+    for name in sorted(weights, key=lambda n: sum(v.size for v in weights[n])):
+        target = model.get_layer(name)
+        want = [tuple(w.shape) for w in target.weights]
+        got = [tuple(v.shape) for v in weights[name]]
+        if want != got:
+            raise _fail(source, f"layer '{name}' has weights of shapes {got}; expected {want}")
+        for variable, value in zip(target.weights, weights.pop(name), strict=True):
+            buffer = _aligned_empty(value.shape)
+            np.copyto(buffer, value)
+            del value
+            variable.assign(tf.experimental.dlpack.from_dlpack(buffer.__dlpack__()))
+            del buffer
+
+
+def _build_zeroed(variant: str, num_classes: int, widths, layout: dict, cfg: Config):
+    """`build_fcn(variant, ..., widths, topology="caffe", layout)` with every variable zero
+    instead of drawn from its initializer (each layer keeps its initializer).
+
+    At VGG16's widths the random draws would cost seconds and leave about 0.85 GB resident
+    (TensorFlow keeps the memory it drew them in), only to be overwritten by the file's weights.
+    So the same net is built at width 1, and its config, at the file's widths, is rebuilt the
+    way `kfcn.models.load_model` builds a model file (`kfcn.models.io`).
+    """
+    import keras
+
+    from kfcn.models import build_fcn
+    from kfcn.models.io import _build
+
+    def build(widths_):
+        return build_fcn(
+            variant,
+            num_classes=num_classes,
+            backbone_weights="none",
+            widths=list(widths_),
+            topology="caffe",
+            layout=layout,
+            weight_decay=cfg.train.weight_decay,
+            dropout=cfg.model.dropout,
+        )
+
+    config = keras.saving.serialize_keras_object(build([1] * len(widths)))
+    width_of = {f"block{b}_conv{i}": b - 1 for b, n in BLOCKS for i in range(1, n + 1)}
+    width_of.update(fc6=5, fc7=6)
+    for layer in config["config"]["layers"]:
+        name = layer["config"]["name"]
+        if name in width_of:
+            layer["config"]["filters"] = int(widths[width_of[name]])
+        layer.pop("build_config", None)  # the layers build from their inputs' new shapes
+    return _build(config)
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         return hashlib.sha256(mapped).hexdigest()
@@ -279,7 +342,7 @@ def convert_caffemodel(
     """
     from kfcn.data.classes import load_classes
     from kfcn.errors import DataError
-    from kfcn.models import build_fcn, make_info, save_model
+    from kfcn.models import make_info, save_model
 
     source, out = Path(source), Path(out)
     if out.suffix != ".keras":
@@ -320,6 +383,8 @@ def convert_caffemodel(
                 f"layer '{name}' scores {values[0].shape[-1]} classes but score_fr {num_classes}",
             )
     layout = _layout(source, layers, variant, at_once)
+    for layer in layers.values():
+        layer.blobs = []  # from here `weights` alone holds the arrays
 
     class_list = None
     if classes is not None:
@@ -338,25 +403,8 @@ def convert_caffemodel(
     cfg.model.backbone_weights = "none"
     cfg.model.widths = None if widths == VGG16_WIDTHS else list(widths)
     cfg.model.topology = "caffe"
-    model = build_fcn(
-        variant,
-        num_classes=num_classes,
-        backbone_weights="none",
-        widths=cfg.model.widths,
-        topology="caffe",
-        layout=layout,
-        weight_decay=cfg.train.weight_decay,
-        dropout=cfg.model.dropout,
-    )
-    for name, values in weights.items():
-        target = model.get_layer(name)
-        want = [tuple(w.shape) for w in target.weights]
-        got = [tuple(v.shape) for v in values]
-        if want != got:
-            raise _fail(source, f"layer '{name}' has weights of shapes {got}; expected {want}")
-        for variable, value in zip(target.weights, values, strict=True):
-            variable.assign(value)
-    del weights, layers
+    model = _build_zeroed(variant, num_classes, widths, layout, cfg)
+    _assign(source, model, weights)
     info = make_info(
         variant,
         cfg,
