@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": ("--split", "--data-dir", "--model", "--tta"),
     "predict": ("--model", "--out", "--overlay"),
     "export": ("--model", "--format", "--out"),
+    "convert": ("--out", "--classes"),
 }
 
 

@@ -183,7 +183,7 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--scheme",
-    type=click.Choice(["seed", "voc12val"]),
+    type=click.Choice(["seed", "voc12val", "seg11valid"]),
     default="seed",
     show_default=True,
     help="SBD + VOC: which ids go to train and val (see above).",
@@ -280,6 +280,8 @@ def prepare(
       voc12val  val   = VOC val.txt                              (1,449)
                 train = (SBD train + val + VOC train) - VOC val  (10,582, "train_aug")
                 an id in both datasets takes its label from VOC
+      seg11valid val  = the FCN paper's 736 seg11valid ids, VOC labels (736)
+                train = SBD train.txt, SBD labels                (8,498)
     val keeps its list's order; train is sorted by id.
 
     \b
@@ -690,6 +692,31 @@ def predict(
         raise KfcnError(
             f"{len(result.failures)} of {result.num_inputs} input(s) failed (listed above)"
         )
+
+
+@main.command(short_help="Convert a published Caffe FCN (.caffemodel) into a kfcn model.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="The .keras file to write."
+)
+@click.option(
+    "--classes",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A class-list YAML file (names, colors) for the model's classes; default the VOC ones.",
+)
+def convert(source, out, classes) -> None:
+    """Convert SOURCE, a Caffe FCN-32s/16s/8s (e.g. fcn8s-heavy-pascal.caffemodel), into a
+    kfcn model of the Caffe topology (model.topology: caffe) that every command takes.
+
+    The variant (and at-once FCN-8s) comes from the layer names, the widths from the weights;
+    no Caffe install is needed.
+    """
+    from kfcn.convert import convert_caffemodel
+
+    path, info = convert_caffemodel(source, out, classes)
+    at_once = " at-once" if info.get("at_once") else ""
+    click.echo(f"wrote {path} ({info['variant']}{at_once}, {len(info['class_names'])} classes)")
 
 
 @main.command(short_help="Export a model as a SavedModel or a TFLite file for serving.")

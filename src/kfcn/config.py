@@ -76,6 +76,14 @@ class ModelConfig:
     dropout: float = _opt(
         0.5, "dropout rate after fc6 and fc7 (vgg16) or in the FCN head", min=0.0, max=0.99
     )
+    # `caffe` is the net of the published Caffe FCNs (what `kfcn convert` reads), any input size.
+    topology: str | None = _opt(
+        None,
+        "null = kfcn's, or that of the model a stage starts from (--init, an earlier stage); "
+        "'kfcn' = 'same' convolutions on inputs padded to a multiple of 32; 'caffe' = the Caffe "
+        "FCNs' net (vgg16: conv1_1 padded by 100, ceil pooling, crops), any input size",
+        choices=("kfcn", "caffe"),
+    )
     train_upsampling: bool = _opt(False, "learn the bilinear-initialised transposed convolutions")
     # The reference recipe trains the stages in turn and fine-tunes the backbone from the top down:
     # FCN-32s keeps the backbone up to stride 16 fixed (VGG16 blocks 1-4), FCN-16s releases the

@@ -73,7 +73,10 @@ def confusion_over_split(
     cm = ConfusionMatrix(num_classes)
     count = 0
     with tqdm(total=total, desc=f"evaluate {split}", unit="img", disable=not progress) as bar:
-        for batch in batches_by_padded_size(examples, batch_size, image_of=lambda ex: ex[0]):
+        batches = batches_by_padded_size(
+            examples, batch_size, image_of=lambda ex: ex[0], multiple=predictor.input_multiple
+        )
+        for batch in batches:
             preds = predictor.classes([ex[0] for ex in batch])  # (H_i, W_i) each
             for (image, label, image_id), pred in zip(batch, preds, strict=True):
                 cm.update(label, pred)

@@ -51,7 +51,7 @@ from kfcn.errors import ModelError
 from kfcn.exported import INFO_FILE, ONNX_EXTRA, SIGNATURE, with_tflite_metadata
 from kfcn.fitting import FITTING, fit_uint8
 from kfcn.images import write_atomic
-from kfcn.padding import crop_to, pad_image
+from kfcn.padding import crop_to, input_multiple, pad_image
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZE = ("none", "float16", "dynamic", "int8")
@@ -71,7 +71,7 @@ def _segment(model: keras.Model, image: tf.Tensor, weights=None) -> dict[str, tf
     `weights`: the values of `model.trainable_variables + model.non_trainable_variables` to
     compute with (Keras's `stateless_call`) instead of the model's own variables.
     """
-    padded, hw = pad_image(image)  # (H', W', 3) float32, (2,) int32
+    padded, hw = pad_image(image, input_multiple(model))  # (H', W', 3) float32, (2,) int32
     if weights is None:
         logits = model(padded[tf.newaxis], training=False)[0]  # (H', W', C)
     else:

@@ -16,6 +16,7 @@ bfloat16 instructions, and GPUs) or float16 (GPUs); logits and probabilities sta
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from kfcn.errors import ConfigError, ModelError
 from kfcn.models.io import PRECISIONS, model_precision, with_precision
-from kfcn.padding import predict_classes, predict_logits
+from kfcn.padding import input_multiple, predict_classes, predict_logits
 
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
 
@@ -161,6 +162,11 @@ class Predictor:
         if len(counts) != 1:
             raise ModelError(f"ensemble members predict different numbers of classes: {counts}")
         self.num_classes = counts.pop()
+
+    @property
+    def input_multiple(self) -> int:
+        """Images batched together must share their size padded to this (`kfcn.padding`)."""
+        return math.lcm(*(input_multiple(model) for model in self.models))
 
     @property
     def plain(self) -> bool:

@@ -1,7 +1,9 @@
 """Pad images to a multiple of 32 for the FCN models, and crop the logits back.
 
-The FCN models need a height and width divisible by 32 (five 2x poolings, then exact 2x/8x/16x/32x
-upsampling). Every caller — validation during training, `evaluate`, `predict`, export — goes through
+kfcn's FCN models need a height and width divisible by 32 (five 2x poolings, then exact
+2x/8x/16x/32x upsampling); the Caffe topology takes any size. A model declares which through its
+preprocessing layer (`input_multiple`), and `input_multiple(model)` is the one place that reads
+it: every padding here pads to that multiple (1 = no padding). Every caller — validation during training, `evaluate`, `predict`, export — goes through
 these functions, so users never meet that constraint:
 
 * images are padded on the bottom and right with the ImageNet mean colour, which the model's
@@ -35,12 +37,25 @@ IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 """Per-channel ImageNet mean (R, G, B) that VGG16's preprocessing subtracts."""
 
 
-def padded_size(size: tf.Tensor | int) -> tf.Tensor | int:
-    """The smallest multiple of 32 that is >= `size` (and >= 32)."""
+def input_multiple(model) -> int:
+    """What `model` declares about its input: H and W must be multiples of this (1 = any size).
+
+    The declaration is the `input_multiple` of the model's `preprocess` layer (32 for kfcn's
+    topology, 1 for the Caffe one); a model without one (a stand-in) gets `MULTIPLE`.
+    """
+    try:
+        layer = model.get_layer("preprocess")
+    except (AttributeError, ValueError):
+        return MULTIPLE
+    return int(getattr(layer, "input_multiple", MULTIPLE))
+
+
+def padded_size(size: tf.Tensor | int, multiple: int = MULTIPLE) -> tf.Tensor | int:
+    """The smallest multiple of `multiple` that is >= `size` (and >= `multiple`)."""
     if isinstance(size, (int, np.integer)):
-        return max(1, -(-int(size) // MULTIPLE)) * MULTIPLE
+        return max(1, -(-int(size) // multiple)) * multiple
     size = tf.convert_to_tensor(size)
-    return tf.maximum((size + MULTIPLE - 1) // MULTIPLE, 1) * MULTIPLE
+    return tf.maximum((size + multiple - 1) // multiple, 1) * multiple
 
 
 def _bottom_right(rank: int, axis_h: int, pad_h: tf.Tensor, pad_w: tf.Tensor) -> tf.Tensor:
@@ -109,11 +124,12 @@ def pad_label_to(label: tf.Tensor, height, width) -> tf.Tensor:
     return tf.pad(label, paddings, constant_values=tf.cast(IGNORE_LABEL, label.dtype))
 
 
-def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def pad_image(image: tf.Tensor, multiple: int = MULTIPLE) -> tuple[tf.Tensor, tf.Tensor]:
     """Pad an RGB image (or a batch of same-sized ones) to the next multiple of 32.
 
     Args:
         image: (H, W, 3) or (B, H, W, 3) RGB in 0-255, any real or integer dtype.
+        multiple: pad to a multiple of this instead (`input_multiple(model)`).
 
     Returns:
         `(padded, hw)`: padded float32 (..., H', W', 3) with H', W' the next multiples of 32, the
@@ -125,11 +141,12 @@ def pad_image(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     if rank not in (3, 4):
         raise ValueError(f"pad_image expects (H, W, 3) or (B, H, W, 3); got shape {image.shape}")
     hw = tf.shape(image)[rank - 3 : rank - 1]  # (2,) int32
-    return pad_image_to(image, padded_size(hw[0]), padded_size(hw[1])), hw
+    return pad_image_to(image, padded_size(hw[0], multiple), padded_size(hw[1], multiple)), hw
 
 
-def pad_label(label: tf.Tensor) -> tf.Tensor:
-    """Pad a label map (or a batch of same-sized ones) with `IGNORE_LABEL` to a multiple of 32.
+def pad_label(label: tf.Tensor, multiple: int = MULTIPLE) -> tf.Tensor:
+    """Pad a label map (or a batch of same-sized ones) with `IGNORE_LABEL` to a multiple of 32
+    (or of `multiple`).
 
     Args:
         label: (H, W) or (B, H, W) integer class indices.
@@ -142,7 +159,8 @@ def pad_label(label: tf.Tensor) -> tf.Tensor:
     if rank not in (2, 3):
         raise ValueError(f"pad_label expects (H, W) or (B, H, W); got shape {label.shape}")
     shape = tf.shape(label)
-    return pad_label_to(label, padded_size(shape[rank - 2]), padded_size(shape[rank - 1]))
+    height, width = padded_size(shape[rank - 2], multiple), padded_size(shape[rank - 1], multiple)
+    return pad_label_to(label, height, width)
 
 
 def crop_to(logits: tf.Tensor, hw: tf.Tensor) -> tf.Tensor:
@@ -194,7 +212,7 @@ def predict_logits(model, image) -> np.ndarray:
     Returns:
         (H, W, C) float32 NumPy logits for the original pixels.
     """
-    padded, hw = pad_image(image)
+    padded, hw = pad_image(image, input_multiple(model))
     if padded.shape.rank != 3:
         raise ValueError(f"predict_logits expects one (H, W, 3) image; got shape {padded.shape}")
     logits = _forward(model)(padded[tf.newaxis])[0]  # (H', W', C)
@@ -219,7 +237,8 @@ def predict_classes(model, images: Sequence) -> list[np.ndarray]:
     Raises:
         ValueError: the images' padded sizes differ, or the model has more than 256 classes.
     """
-    padded = [pad_image(image) for image in images]
+    multiple = input_multiple(model)
+    padded = [pad_image(image, multiple) for image in images]
     shapes = {tuple(p.shape) for p, _ in padded}
     if len(shapes) != 1 or padded[0][0].shape.rank != 3:
         raise ValueError(
@@ -240,7 +259,7 @@ def predict_classes(model, images: Sequence) -> list[np.ndarray]:
 
 
 def batches_by_padded_size(
-    items: Iterable, batch_size: int, image_of=lambda item: item
+    items: Iterable, batch_size: int, image_of=lambda item: item, multiple: int = MULTIPLE
 ) -> Iterator:
     """Group a stream of items into batches whose images share a padded size.
 
@@ -251,6 +270,7 @@ def batches_by_padded_size(
         items: any iterable; `image_of(item)` is its (H, W, 3) image.
         batch_size: the most items per batch (>= 1).
         image_of: maps an item to its image.
+        multiple: what the images are padded to (`input_multiple` of the model).
 
     Yields:
         Lists of 1 to `batch_size` items.
@@ -260,7 +280,7 @@ def batches_by_padded_size(
     buckets: dict[tuple[int, int], list] = {}
     for item in items:
         h, w = np.shape(image_of(item))[:2]
-        key = (padded_size(h), padded_size(w))
+        key = (padded_size(h, multiple), padded_size(w, multiple))
         bucket = buckets.setdefault(key, [])
         bucket.append(item)
         if len(bucket) == batch_size:

@@ -137,7 +137,10 @@ def predict_images(
     with bar:
         for name, message in problems:
             fail(name, message)
-        for batch in batches_by_padded_size(readable(), batch_size, image_of=lambda b: b[2]):
+        batches = batches_by_padded_size(
+            readable(), batch_size, image_of=lambda b: b[2], multiple=predictor.input_multiple
+        )
+        for batch in batches:
             masks = predictor.classes([small for _, _, small in batch])
             for (file, image, _), mask in zip(batch, masks, strict=True):
                 mask = enlarge(mask, image.shape[:2])  # (H, W) uint8

@@ -39,6 +39,7 @@ from kfcn.models import (
     load_model,
     make_info,
     save_model,
+    stage_topology,
     transfer_weights,
 )
 from kfcn.palette import VOC_CLASSES, voc_colormap
@@ -248,8 +249,16 @@ def build_stage_model(
     Raises:
         KfcnError: the model it starts from predicts other classes than `class_names` (in
             count or order) and `opts.reinit_head` is off.
+
+    A stage that starts from a model file keeps that model's topology (`stage_topology`), and
+    `cfg.model.topology` is set to it so the stage's config and model files say which it is.
     """
     from_backbone = opts.stage == "fcn32" and not isinstance(source, Path)
+    layout = None
+    if not from_backbone:
+        where, (source, info) = str(source), load_model(source)
+        topology, layout = stage_topology(opts.stage, cfg.model.topology, source, where)
+        cfg.model.topology = topology
     model = build_fcn(
         opts.stage,
         num_classes=cfg.model.num_classes,
@@ -259,13 +268,13 @@ def build_stage_model(
         dropout=cfg.model.dropout,
         train_upsampling=cfg.model.train_upsampling,
         widths=cfg.model.widths,
+        topology=cfg.model.topology,
+        layout=layout,
     )
     if not from_backbone:
-        previous, info = load_model(source)
         if class_names is not None and not opts.reinit_head:
-            check_same_classes(source, info.get("class_names"), class_names)
-        transfer_weights(previous, model, reinit_head=opts.reinit_head)
-        del previous
+            check_same_classes(where, info.get("class_names"), class_names)
+        transfer_weights(source, model, where, reinit_head=opts.reinit_head)
     frozen = apply_freeze(model, cfg.model.freeze[opts.stage])
     return model, frozen
 

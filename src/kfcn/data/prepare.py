@@ -369,8 +369,9 @@ def prepare_dataset(
         sbd_dir: SBD's `benchmark_RELEASE/dataset` (img/*.jpg, cls/*.mat, train.txt, val.txt).
         voc_dir: `VOCdevkit/VOC2012` (JPEGImages, SegmentationClass, ImageSets/Segmentation).
         out_dir: created if needed; shards, `{split}.txt` and `meta.json` go here.
-        scheme: 'seed' (val = first 1,200 of SBD val.txt) or 'voc12val' (val = VOC val.txt);
-            see `sources.split_ids`.
+        scheme: 'seed' (val = first 1,200 of SBD val.txt), 'voc12val' (val = VOC val.txt) or
+            'seg11valid' (val = the FCN paper's 736 ids, train = SBD train.txt); see
+            `sources.split_ids`.
         workers: processes reading samples; None = the number of CPUs, 1 = no extra processes.
         skip_bad: skip (and list in meta.json) samples that cannot be read instead of stopping.
         shard_size: samples per shard (the last shard of a split holds the rest).

@@ -1,4 +1,4 @@
-"""Read the SBD and VOC 2012 downloads: id lists, the two split schemes, and validated samples.
+"""Read the SBD and VOC 2012 downloads: id lists, the split schemes, and validated samples.
 
 SBD (`benchmark_RELEASE/dataset`) stores labels as MATLAB structs `GTcls` in `cls/ID.mat`; VOC 2012
 (`VOCdevkit/VOC2012`) stores them as palette PNGs in `SegmentationClass/ID.png`. Both become the
@@ -35,9 +35,21 @@ VOC_LAYOUT = (
     f"(VOCtrainval_11-May-2012.tar from {VOC_URL})"
 )
 
-SCHEMES = ("seed", "voc12val")
+SCHEMES = ("seed", "voc12val", "seg11valid")
 SEED_VAL_SIZE = 1200
 """Scheme `seed` validates on the first this-many ids of SBD val.txt."""
+SEG11VALID = "seg11valid.txt"
+"""The FCN paper's validation set, shipped with kfcn: the 736 ids of VOC 2011 segmentation val
+that are not in SBD train, in the published list's order (fcn.berkeleyvision.org)."""
+
+
+def seg11valid_ids() -> list[str]:
+    """The 736 ids of seg11valid, in the published list's order."""
+    from importlib.resources import files
+
+    return files("kfcn.data").joinpath(SEG11VALID).read_text().split()
+
+
 NUM_CLASSES = len(VOC_CLASSES)
 
 
@@ -139,6 +151,8 @@ def split_ids(lists: IdLists, scheme: str = "seed") -> dict[str, list[tuple[str,
     SBD val.txt + the VOC trainval ids not in SBD. Labels come from SBD wherever SBD has the id.
     `voc12val`: val = VOC val.txt; train = (SBD train ∪ SBD val ∪ VOC train) − VOC val ("train_aug").
     Labels come from VOC wherever VOC (train ∪ val ∪ trainval) has the id.
+    `seg11valid` (the FCN paper's): val = the 736 seg11valid ids (`seg11valid_ids`) with VOC 2012
+    labels; train = SBD train.txt with SBD labels.
 
     Order: val keeps its list file's order; train is sorted by id, so it does not depend on the
     order of the list files. No id is in both splits.
@@ -155,6 +169,11 @@ def split_ids(lists: IdLists, scheme: str = "seed") -> dict[str, list[tuple[str,
         train_ids |= set(lists.voc_trainval)
         val = [(i, "sbd") for i in val_ids]
         in_sbd = sbd_ids
+    elif scheme == "seg11valid":
+        val_ids = seg11valid_ids()
+        train_ids = set(lists.sbd_train)
+        val = [(i, "voc") for i in val_ids]
+        in_sbd = train_ids
     else:
         voc_ids = set(lists.voc_train) | set(lists.voc_val) | set(lists.voc_trainval)
         val_ids = list(lists.voc_val)

@@ -8,26 +8,38 @@ from kfcn import metrics as _metrics  # noqa: F401
 from kfcn.models.backbones import BACKBONES, backbone_of, get_backbone
 from kfcn.models.backbones.mobilenetv2 import MobileNetPreprocess
 from kfcn.models.backbones.vgg16 import (
+    CaffePreprocess,
     VGGPreprocess,
     convert_vgg16_weights,
     imagenet_backbone_weights,
 )
 from kfcn.models.fcn import (
+    TOPOLOGIES,
     VARIANTS,
     BilinearUpsampling,
+    CaffeCrop,
+    ChannelScale,
     apply_freeze,
     backbone_layers,
     bilinear_kernel,
     build_fcn,
     build_fcn_from_config,
+    caffe_layout,
+    layout_of,
+    stage_topology,
+    topology_of,
     transfer_weights,
 )
 from kfcn.models.io import load_model, make_info, model_info, save_model
 
 __all__ = [
     "BACKBONES",
+    "TOPOLOGIES",
     "VARIANTS",
     "BilinearUpsampling",
+    "CaffeCrop",
+    "CaffePreprocess",
+    "ChannelScale",
     "MobileNetPreprocess",
     "VGGPreprocess",
     "apply_freeze",
@@ -36,6 +48,7 @@ __all__ = [
     "bilinear_kernel",
     "build_fcn",
     "build_fcn_from_config",
+    "caffe_layout",
     "convert_vgg16_weights",
     "get_backbone",
     "imagenet_backbone_weights",
@@ -43,5 +56,8 @@ __all__ = [
     "make_info",
     "model_info",
     "save_model",
+    "stage_topology",
+    "topology_of",
+    "layout_of",
     "transfer_weights",
 ]

@@ -92,6 +92,155 @@ def _score(x, name: str, num_classes: int, weight_decay: float):
     )(x)
 
 
+@keras.saving.register_keras_serializable(package="kfcn")
+class CaffeCrop(keras.layers.Layer):
+    """Caffe's Crop layer on NHWC maps: `[x, reference]` -> x[:, oh:oh + H, ow:ow + W, :] with
+    (H, W) the reference's size and (oh, ow) `offset`."""
+
+    def __init__(self, offset=(0, 0), **kwargs):
+        super().__init__(**kwargs)
+        self.offset = tuple(int(o) for o in offset)
+
+    def call(self, inputs):
+        x, reference = inputs  # (B, h, w, C), (B, H, W, .)
+        oh, ow = self.offset
+        size = keras.ops.shape(reference)
+        return x[:, oh : oh + size[1], ow : ow + size[2], :]  # (B, H, W, C)
+
+    def compute_output_shape(self, input_shapes):
+        x, reference = input_shapes
+        return (x[0], reference[1], reference[2], x[3])
+
+    def get_config(self):
+        return {**super().get_config(), "offset": list(self.offset)}
+
+
+@keras.saving.register_keras_serializable(package="kfcn")
+class ChannelScale(keras.layers.Layer):
+    """Caffe's Scale layer without bias: one factor per channel, (B, h, w, C) -> (B, h, w, C).
+    The at-once FCN-8s scales pool4 and pool3 before scoring them (factors 0.01 and 0.0001)."""
+
+    def __init__(self, value: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.value = float(value)
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            name="scale",
+            shape=(int(input_shape[-1]),),
+            initializer=keras.initializers.Constant(self.value),
+        )
+
+    def call(self, x):
+        return x * keras.ops.cast(self.scale, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "value": self.value}
+
+
+TOPOLOGIES = ("kfcn", "caffe")
+
+# The Caffe FCNs' decoders (fcn.berkeleyvision.org): each transposed convolution's (kernel,
+# stride) and each crop's offset, by kfcn layer name; `score` crops the upsampled scores to the
+# input. The at-once FCN-8s scales pool4 and pool3 by these factors before scoring them.
+CAFFE_UPSAMPLING = {
+    "fcn32": {"upscore32": (64, 32)},
+    "fcn16": {"upscore2": (4, 2), "upscore16": (32, 16)},
+    "fcn8": {"upscore2": (4, 2), "upscore_pool4": (4, 2), "upscore8": (16, 8)},
+}
+CAFFE_CROPS = {
+    "fcn32": {"score": 19},
+    "fcn16": {"score_pool4c": 5, "score": 27},
+    "fcn8": {"score_pool4c": 5, "score_pool3c": 9, "score": 31},
+}
+AT_ONCE_SCALES = {"scale_pool4": 0.01, "scale_pool3": 0.0001}
+
+
+def caffe_layout(variant: str, layout: dict | None = None) -> dict:
+    """The Caffe topology's parameters for `variant`, the FCN values overridden by `layout`.
+
+    Keys: `conv1_pad` (zero padding before block1_conv1, 100); `upsampling` {layer: [kernel,
+    stride]}; `crops` {layer: [offset_h, offset_w]}; `deconv_bias` (the transposed convolutions
+    that have a bias); `at_once` (the Scale layers before score_pool4 and score_pool3).
+    """
+    layout = dict(layout or {})
+    out = {
+        "conv1_pad": 100,
+        "upsampling": {k: list(v) for k, v in CAFFE_UPSAMPLING[variant].items()},
+        "crops": {k: [v, v] for k, v in CAFFE_CROPS[variant].items()},
+        "deconv_bias": [],
+        "at_once": False,
+    }
+    unknown = sorted(set(layout) - set(out))
+    if unknown:
+        raise ConfigError(f"Caffe layout: unknown keys {', '.join(unknown)}")
+    for key in ("upsampling", "crops"):
+        extra = sorted(set(layout.get(key, {})) - set(out[key]))
+        if extra:
+            raise ConfigError(f"Caffe layout of {variant}: no layers {', '.join(extra)} in {key}")
+        out[key].update({k: [int(x) for x in v] for k, v in layout.get(key, {}).items()})
+    for key in ("conv1_pad", "deconv_bias", "at_once"):
+        if key in layout:
+            out[key] = layout[key]
+    out["conv1_pad"] = int(out["conv1_pad"])
+    out["deconv_bias"] = sorted(str(n) for n in out["deconv_bias"])
+    out["at_once"] = bool(out["at_once"]) and variant != "fcn32"
+    return out
+
+
+def _caffe_upsample(x, name, layout, num_classes, weight_decay, trainable):
+    """A transposed convolution as Caffe's Deconvolution (no padding): (B, h, w, C) ->
+    (B, (h - 1) * s + k, (w - 1) * s + k, C)."""
+    kernel, stride = layout["upsampling"][name]
+    layer = keras.layers.Conv2DTranspose(
+        num_classes,
+        kernel,
+        strides=stride,
+        padding="valid",
+        use_bias=name in layout["deconv_bias"],
+        kernel_initializer=BilinearUpsampling(),
+        kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay > 0 else None,
+        name=name,
+    )
+    layer.trainable = trainable
+    return layer(x)
+
+
+def _caffe_skip(features, name, layout, num_classes, weight_decay):
+    """score_pool4 / score_pool3 on the pool4 / pool3 features, after the at-once net's Scale."""
+    if layout["at_once"]:
+        scale_name = name.replace("score", "scale")
+        scale = ChannelScale(AT_ONCE_SCALES[scale_name], name=scale_name)
+        scale.trainable = False  # fixed in the published net (lr_mult 0)
+        features = scale(features)
+    return _score(features, name, num_classes, weight_decay)
+
+
+def _caffe_decoder(variant, images, score_fr, features, layout, c, wd, up):
+    """The Caffe FCN decoders: transposed convolutions, skips cropped to the upsampled scores,
+    and the final crop to the input's size. Returns (B, H, W, C) scores."""
+    crops = layout["crops"]
+    if variant == "fcn32":
+        x = _caffe_upsample(score_fr, "upscore32", layout, c, wd, up)
+    else:
+        x = _caffe_upsample(score_fr, "upscore2", layout, c, wd, up)
+        pool4 = _caffe_skip(features[16], "score_pool4", layout, c, wd)
+        pool4 = CaffeCrop(crops["score_pool4c"], name="score_pool4c")([pool4, x])
+        x = keras.layers.Add(name="fuse_pool4")([x, pool4])
+        if variant == "fcn16":
+            x = _caffe_upsample(x, "upscore16", layout, c, wd, up)
+        else:
+            x = _caffe_upsample(x, "upscore_pool4", layout, c, wd, up)
+            pool3 = _caffe_skip(features[8], "score_pool3", layout, c, wd)
+            pool3 = CaffeCrop(crops["score_pool3c"], name="score_pool3c")([pool3, x])
+            x = keras.layers.Add(name="fuse_pool3")([x, pool3])
+            x = _caffe_upsample(x, "upscore8", layout, c, wd, up)
+    return CaffeCrop(crops["score"], name="score")([x, images])  # (B, H, W, C)
+
+
 def _check_args(variant, num_classes, weight_decay, dropout) -> None:
     if variant not in VARIANTS:
         raise ModelError(
@@ -116,6 +265,8 @@ def build_fcn(
     dropout: float = 0.5,
     train_upsampling: bool = False,
     widths=None,
+    topology: str | None = "kfcn",
+    layout: dict | None = None,
 ) -> keras.Model:
     """Build an FCN as a functional Keras model.
 
@@ -133,9 +284,15 @@ def build_fcn(
         widths: VGG16 only (`model.widths`): the filters of blocks 1-5, fc6 and fc7 as seven
             ints, 'small' (16, 32, 64, 128, 128, 256, 256) or None for VGG16's own. Any widths
             give the same layers, names and skips; pretrained weights need the default ones.
+        topology: 'kfcn' (or None: "same" convolutions and exact 2x pooling: H and W multiples of 32) or
+            'caffe' (VGG16 only: the published Caffe FCNs' net, for any H and W: Caffe's mean,
+            conv1_1 padded by 100, ceil-mode pooling, fc6 unpadded, unpadded transposed
+            convolutions and crops; see `caffe_layout`).
+        layout: the 'caffe' topology's parameters where they differ from the FCN values
+            (`caffe_layout`); the converter takes them from the Caffe file.
 
     Returns:
-        Model mapping (B, H, W, 3) RGB images in 0-255, H and W multiples of 32, to
+        Model mapping (B, H, W, 3) RGB images in 0-255 (H and W multiples of 32 for 'kfcn'), to
         (B, H, W, num_classes) float32 logits (float32 also under a mixed-precision policy).
 
     Raises:
@@ -144,6 +301,16 @@ def build_fcn(
     """
     _check_args(variant, num_classes, weight_decay, dropout)
     net = get_backbone(backbone)
+    topology = topology or "kfcn"
+    if topology not in TOPOLOGIES:
+        raise ConfigError(
+            f"model.topology = {topology!r} is not allowed; expected one of {', '.join(TOPOLOGIES)}"
+        )
+    if topology == "caffe" and not hasattr(net, "caffe_features"):
+        raise ConfigError(
+            f"model.topology = 'caffe' is not allowed with model.backbone = {backbone!r}; "
+            "the Caffe FCNs are VGG16 nets: set model.backbone: vgg16"
+        )
     check_widths_fit(backbone, backbone_weights, widths)
     # Only backbones of adjustable width (VGG16) take `widths`; the others were refused above.
     width_args = () if widths is None else (net.resolve_widths(widths),)
@@ -163,12 +330,19 @@ def build_fcn(
 
     # --- backbone and its stride-32 head (VGG16: fc6/fc7; the others: fcn_head)
     images = keras.Input((None, None, 3), name="image")  # (B, H, W, 3) RGB 0-255
-    features = net.features(images, wd, *width_args)  # {8: (B, H/8, W/8, .), 16: ..., 32: ...}
-    top = net.head(features[32], wd, dropout, *width_args)  # (B, H/32, W/32, channels)
+    if topology == "caffe":
+        layout = caffe_layout(variant, layout)
+        features = net.caffe_features(images, wd, *width_args, conv1_pad=layout["conv1_pad"])
+        top = net.caffe_head(features[32], wd, dropout, *width_args)
+    else:
+        features = net.features(images, wd, *width_args)  # {8: (B, H/8, W/8, .), 16, 32}
+        top = net.head(features[32], wd, dropout, *width_args)  # (B, H/32, W/32, channels)
     score_fr = _score(top, "score_fr", c, wd)  # (B, H/32, W/32, C)
 
     # --- decoder: skips from stride 16 (fcn16, fcn8) and stride 8 (fcn8)
-    if variant == "fcn32":
+    if topology == "caffe":
+        x = _caffe_decoder(variant, images, score_fr, features, layout, c, wd, up)
+    elif variant == "fcn32":
         x = _upsample(score_fr, 32, "upscore32", c, wd, up)  # (B, H, W, C)
     else:
         x = _upsample(score_fr, 2, "upscore2", c, wd, up)  # (B, H/16, W/16, C)
@@ -201,7 +375,64 @@ def build_fcn_from_config(variant: str, model_cfg: ModelConfig, weight_decay: fl
         dropout=model_cfg.dropout,
         train_upsampling=model_cfg.train_upsampling,
         widths=model_cfg.widths,
+        topology=model_cfg.topology,
     )
+
+
+def topology_of(model: keras.Model) -> str:
+    """'caffe' for a model of the Caffe topology (its preprocessing is Caffe's), else 'kfcn'."""
+    from kfcn.models.backbones.vgg16 import CaffePreprocess
+
+    names = {layer.name for layer in model.layers}
+    caffe = "preprocess" in names and isinstance(model.get_layer("preprocess"), CaffePreprocess)
+    return "caffe" if caffe else "kfcn"
+
+
+def layout_of(model: keras.Model) -> dict:
+    """The `caffe_layout` a Caffe-topology model was built with, read from its layers."""
+    layers = {layer.name: layer for layer in model.layers}
+    pad = layers.get("block1_conv1_pad")
+    upsampling, bias, crops = {}, [], {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            upsampling[layer.name] = [int(layer.kernel_size[0]), int(layer.strides[0])]
+            if layer.use_bias:
+                bias.append(layer.name)
+        elif isinstance(layer, CaffeCrop):
+            crops[layer.name] = list(layer.offset)
+    return {
+        "conv1_pad": int(pad.padding[0][0]) if pad is not None else 0,
+        "upsampling": upsampling,
+        "crops": crops,
+        "deconv_bias": sorted(bias),
+        "at_once": "scale_pool4" in layers,
+    }
+
+
+def stage_topology(variant: str, requested: str | None, source: keras.Model, where: str):
+    """The topology and Caffe layout of a stage that starts from `source`'s weights: those of
+    `source` (the Caffe layout only where `source` is the same variant; else the FCN values
+    with its conv1_1 padding).
+
+    Returns:
+        `(topology, layout)` for `build_fcn`.
+
+    Raises:
+        ConfigError: `requested` (model.topology) is set and differs from the source's.
+    """
+    topology = topology_of(source)
+    if requested is not None and requested != topology:
+        raise ConfigError(
+            f"model.topology = {requested!r}, but {where} is a model of the {topology!r} "
+            f"topology; a stage keeps the topology of the model it starts from: set "
+            f"model.topology: null (or {topology!r})"
+        )
+    if topology != "caffe":
+        return topology, None
+    layout = layout_of(source)
+    if source.name != variant:
+        layout = {"conv1_pad": layout["conv1_pad"]}
+    return topology, layout
 
 
 def num_classes_of(model: keras.Model) -> int:
@@ -223,7 +454,9 @@ HEAD_LAYERS = (
 )
 
 
-def transfer_weights(source, target: keras.Model, reinit_head: bool = False) -> list[str]:
+def transfer_weights(
+    source, target: keras.Model, where: str | None = None, reinit_head: bool = False
+) -> list[str]:
     """Initialise `target` from a trained earlier stage: FCN-16s from FCN-32s, FCN-8s from FCN-16s.
 
     Every layer of `target` that has weights and a namesake in `source` takes that layer's weights
@@ -233,6 +466,7 @@ def transfer_weights(source, target: keras.Model, reinit_head: bool = False) -> 
     Args:
         source: a model, or the path of a model file saved by `kfcn.models.save_model`.
         target: the model to initialise, in place.
+        where: how messages name a source given as a model (default "source model").
         reinit_head: leave the class-dependent layers (`HEAD_LAYERS`) as built, so that a model
             trained on other classes initialises everything else (fine-tuning on new classes).
 
@@ -243,7 +477,7 @@ def transfer_weights(source, target: keras.Model, reinit_head: bool = False) -> 
         ModelError: the source cannot be loaded, predicts a different number of classes, or has a
             same-named layer with differently shaped weights.
     """
-    where = "source model"
+    where = where or "source model"
     if not isinstance(source, keras.Model):
         from kfcn.models.io import load_model  # io imports this module
 

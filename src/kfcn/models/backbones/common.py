@@ -96,7 +96,12 @@ class GlobalBatchDropout(keras.layers.Layer):
 class Float32Preprocess(keras.layers.Layer):
     """Base of the backbones' preprocessing layers: shape-preserving, and always float32 (even
     under a mixed-precision policy) so the arithmetic on 0-255 pixels is exact; the first
-    convolution casts afterwards."""
+    convolution casts afterwards.
+
+    `input_multiple` is what the model declares about its input: its height and width must be
+    multiples of it (`kfcn.padding` pads every image to that)."""
+
+    input_multiple = 32
 
     def __init__(self, **kwargs):
         kwargs["dtype"] = "float32"

@@ -83,40 +83,77 @@ class VGGPreprocess(Float32Preprocess):
         return bgr - keras.ops.convert_to_tensor(self.mean_bgr, "float32")
 
 
-def vgg16_features(images, weight_decay: float, widths=WIDTHS) -> dict:
+CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+"""The per-channel mean (B, G, R) the published Caffe FCNs subtract."""
+
+
+@keras.saving.register_keras_serializable(package="kfcn")
+class CaffePreprocess(Float32Preprocess):
+    """The Caffe FCNs' input preprocessing: RGB -> BGR, then subtract their BGR mean (no scaling).
+
+    Input (B, H, W, 3) RGB in 0-255; output (B, H, W, 3) float32. A model with this layer takes
+    any input size (`input_multiple` 1): its convolutions pad and its pooling rounds up as in
+    Caffe, and crops bring the scores back to the input's size.
+    """
+
+    input_multiple = 1
+
+    def call(self, images):
+        images = keras.ops.cast(images, "float32")  # (B, H, W, 3) RGB
+        bgr = keras.ops.flip(images, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, "float32")
+
+
+def vgg16_features(
+    images, weight_decay: float, widths=WIDTHS, caffe_conv1_pad: int | None = None
+) -> dict:
     """Apply preprocessing and the 13 VGG16 convolutions to `images` (B, H, W, 3) RGB 0-255.
 
     Args:
         widths: filters per block (the first five of `model.widths`); VGG16's by default.
+        caffe_conv1_pad: None for kfcn's topology (H, W multiples of 32, "same" convolutions,
+            exact 2x pooling); else the Caffe FCN's (`CaffePreprocess`, this zero padding before
+            `block1_conv1`, max pooling that rounds up as Caffe's ceil mode does).
 
     Returns:
         The pooled feature maps by layer name: `block3_pool` (B, H/8, W/8, 256), `block4_pool`
-        (B, H/16, W/16, 512) and `block5_pool` (B, H/32, W/32, 512) at the default widths.
+        (B, H/16, W/16, 512) and `block5_pool` (B, H/32, W/32, 512) at the default widths
+        (kfcn's topology; Caffe's are larger by the padding, rounded up).
     """
-    x = VGGPreprocess(name="preprocess")(images)
+    caffe = caffe_conv1_pad is not None
+    x = (CaffePreprocess if caffe else VGGPreprocess)(name="preprocess")(images)
+    if caffe and caffe_conv1_pad:
+        x = keras.layers.ZeroPadding2D(caffe_conv1_pad, name="block1_conv1_pad")(x)
     pooled = {}
     for (block, convs, _), filters in zip(BLOCKS, widths[:5], strict=True):
         for i in range(1, convs + 1):
             x = keras.layers.Conv2D(
                 filters,
                 3,
-                padding="same",
+                padding="valid" if caffe and (block, i) == (1, 1) else "same",
                 activation="relu",
                 kernel_initializer=INITIALIZER,
                 kernel_regularizer=_l2(weight_decay),
                 name=f"block{block}_conv{i}",
             )(x)
-        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+        # 2x2 windows at stride 2 with "same" padding at the bottom/right: ceil(h / 2) outputs,
+        # the last one over the one remaining row, which is Caffe's ceil-mode pooling.
+        x = keras.layers.MaxPooling2D(
+            2, strides=2, padding="same" if caffe else "valid", name=f"block{block}_pool"
+        )(x)
         pooled[f"block{block}_pool"] = x
     return pooled
 
 
-def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=(4096, 4096)):
+def fully_convolutional_head(
+    pool5, weight_decay: float, dropout: float, widths=(4096, 4096), caffe: bool = False
+):
     """fc6 (7x7 conv, 4096) and fc7 (1x1 conv, 4096), each with ReLU and dropout.
 
     Args:
         pool5: (B, h, w, 512) `block5_pool` features.
         widths: the filters of fc6 and fc7 (VGG16's 4096 by default).
+        caffe: fc6 without padding, as in the Caffe FCNs ((h - 6, w - 6) outputs).
 
     Returns:
         (B, h, w, 4096) fc7 features after dropout.
@@ -125,7 +162,7 @@ def fully_convolutional_head(pool5, weight_decay: float, dropout: float, widths=
     x = keras.layers.Conv2D(
         fc6_width,
         7,
-        padding="same",
+        padding="valid" if caffe else "same",
         activation="relu",
         kernel_initializer=INITIALIZER,
         kernel_regularizer=_l2(weight_decay),
@@ -233,6 +270,17 @@ def head(x, weight_decay: float, dropout: float, widths=WIDTHS):
     """fc6/fc7 on the stride-32 features: (B, h, w, 512) -> (B, h, w, 4096) at the default
     widths (the last two of `widths` otherwise)."""
     return fully_convolutional_head(x, weight_decay, dropout, widths[5:])
+
+
+def caffe_features(images, weight_decay: float, widths=WIDTHS, conv1_pad: int = 100) -> dict:
+    """`features` in the Caffe FCNs' topology (see `vgg16_features`): any input size."""
+    pooled = vgg16_features(images, weight_decay, widths, caffe_conv1_pad=conv1_pad)
+    return {stride: pooled[name] for stride, name in FEATURES.items()}
+
+
+def caffe_head(x, weight_decay: float, dropout: float, widths=WIDTHS):
+    """`head` in the Caffe FCNs' topology: fc6 without padding."""
+    return fully_convolutional_head(x, weight_decay, dropout, widths[5:], caffe=True)
 
 
 pretrained_weights = imagenet_backbone_weights
