@@ -181,6 +181,13 @@ def _valid(key: str, f: dataclasses.Field, base: type, optional: bool) -> st.Sea
     meta = f.metadata
     if meta.get("widths"):
         values = WIDTHS
+    elif meta.get("class_weights"):
+        values = st.one_of(
+            st.sampled_from(["none", "median_frequency"]),
+            st.lists(st.floats(0.0, 1e3), min_size=2, max_size=30).filter(lambda w: max(w) > 0),
+        )
+    elif "above" in meta:
+        values = st.floats(meta["above"], meta["below"], exclude_min=True, exclude_max=True)
     elif "choices" in meta:
         values = st.sampled_from(meta["choices"])
     elif base is bool:
@@ -215,6 +222,18 @@ def _invalid(key: str, f: dataclasses.Field, base: type, optional: bool) -> st.S
             st.lists(st.integers(-99, 0), min_size=7, max_size=7),  # not positive
             st.integers(1, 99),
             st.just([True] * 7),
+        )
+    if meta.get("class_weights"):
+        return st.one_of(
+            WORDS.filter(lambda s: s not in ("none", "median_frequency")),
+            st.lists(st.floats(-1e3, -0.01), min_size=1, max_size=3),  # negative
+            st.just([0.0, 0.0]),  # none > 0
+        )
+    if "above" in meta:
+        return st.one_of(
+            st.floats(-1e3, meta["above"]),
+            st.floats(meta["below"], 1e3),
+            st.sampled_from([float("nan"), float("inf")]),
         )
     wrong = [st.lists(st.integers(), min_size=1, max_size=2)]
     if base is not str:

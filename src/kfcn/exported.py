@@ -315,6 +315,7 @@ class FormatPredictor:
     """
 
     plain = False
+    input_multiple = 1  # the exported graph pads and crops itself; fitted images are fixed-size
 
     def __init__(
         self, segment: Segment, num_classes: int, size=None, description: dict | None = None
