@@ -38,16 +38,13 @@ VOC_LAYOUT = (
 SCHEMES = ("seed", "voc12val", "seg11valid")
 SEED_VAL_SIZE = 1200
 """Scheme `seed` validates on the first this-many ids of SBD val.txt."""
-SEG11VALID = "seg11valid.txt"
-"""The FCN paper's validation set, shipped with kfcn: the 736 ids of VOC 2011 segmentation val
-that are not in SBD train, in the published list's order (fcn.berkeleyvision.org)."""
 
 
 def seg11valid_ids() -> list[str]:
-    """The 736 ids of seg11valid, in the published list's order."""
-    from importlib.resources import files
+    """The 736 ids of seg11valid, in the published list's order (`kfcn.data.seg11valid`)."""
+    from kfcn.data.seg11valid import IDS
 
-    return files("kfcn.data").joinpath(SEG11VALID).read_text().split()
+    return list(IDS)
 
 
 NUM_CLASSES = len(VOC_CLASSES)
