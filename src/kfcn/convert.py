@@ -20,8 +20,6 @@ that holds only names, types and blobs gets the FCN values (`kfcn.models.fcn.caf
 
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from google.protobuf.message import DecodeError
 from kfcn import caffeproto
 from kfcn.config import VGG16_WIDTHS, Config
 from kfcn.errors import ModelError
+from kfcn.fileio import sha256_file
 
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
 CONVS = tuple(f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1))
@@ -317,11 +316,6 @@ def _build_zeroed(variant: str, num_classes: int, widths, layout: dict, cfg: Con
     return _build(config)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        return hashlib.sha256(mapped).hexdigest()
-
-
 def convert_caffemodel(
     source: str | os.PathLike, out: str | os.PathLike, classes: str | os.PathLike | None = None
 ) -> tuple[Path, dict]:
@@ -412,5 +406,5 @@ def convert_caffemodel(
         palette=class_list.palette if class_list else None,
     )
     info["at_once"] = at_once
-    info["source"] = {"file": source.name, "sha256": _sha256(source), "format": "caffemodel"}
+    info["source"] = {"file": source.name, "sha256": sha256_file(source), "format": "caffemodel"}
     return save_model(model, out, info), info

@@ -82,10 +82,11 @@ def make_strategy(name: str, run_dir: Path | None = None) -> tf.distribute.Strat
                 "--strategy multiworker needs TF_CONFIG (see README: several machines)"
             )
         try:
-            task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+            tf_config = json.loads(os.environ["TF_CONFIG"])
+            index = tf_config.get("task", {}).get("index", "?")
         except (json.JSONDecodeError, AttributeError) as exc:
             raise ConfigError(f"TF_CONFIG is not valid JSON ({exc})") from None
-        return _meet_workers(task.get("index", "?"), run_dir)
+        return _meet_workers(index, tf_config.get("cluster", {}), run_dir)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -121,7 +122,7 @@ def worker_timeout() -> float:
         ) from None
 
 
-def _meet_workers(index, run_dir: Path | None) -> tf.distribute.Strategy:
+def _meet_workers(index, cluster: dict, run_dir: Path | None) -> tf.distribute.Strategy:
     """The multi-worker strategy. A worker other than the chief first waits, at most
     `worker_timeout` seconds, for the chief's port to open: a chief that failed before joining
     (a bad data dir, a bad config) never opens it, and TensorFlow's own start-up would wait far
@@ -131,7 +132,6 @@ def _meet_workers(index, run_dir: Path | None) -> tf.distribute.Strategy:
         KfcnError: the chief did not start in time.
     """
     timeout = worker_timeout()
-    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
     chief = (cluster.get("chief") or cluster.get("worker") or [None])[0]
     if index not in (0, "?") and chief and not _port_opens(chief, timeout):
         error = read_chief_error(run_dir)
@@ -354,18 +354,19 @@ def train_stage(cfg: Config, opts: TrainOptions, echo=print) -> Path:
     if final.is_file() and not opts.overwrite:
         echo(f"stage {opts.stage} is already finished: {final} (use --overwrite to train it again)")
         return final
+    task_index = _task_index()
     try:
         records.list_shards(opts.data_dir, "train")  # fail early, naming the data dir
         names, palette = dataset_classes(opts.data_dir, cfg)
         class_weights = resolve_class_weights(cfg, opts.data_dir, names, echo)
         source = init_source(opts, cfg)
     except KfcnError as exc:
-        if _task_index() == 0:  # tell the other workers, which wait for this one
+        if task_index == 0:  # tell the other workers, which wait for this one
             atomic_write(Path(opts.run_dir) / CHIEF_ERROR, f"{exc}\n")
         raise
     precision = _start_process(cfg, opts)
     strategy = make_strategy(opts.strategy, Path(opts.run_dir))
-    if _task_index() == 0:
+    if task_index == 0:
         (Path(opts.run_dir) / CHIEF_ERROR).unlink(missing_ok=True)
     chief = is_chief(strategy)
     state = _resume_state(strategy, chief, stage_dir, opts.overwrite)
@@ -508,7 +509,8 @@ def _raise_on_nonfinite(callbacks: list, stage_dir: Path, chief: bool) -> None:
     nan_guard = next(c for c in callbacks if isinstance(c, StopOnNonFinite))
     if nan_guard.bad_at is None:
         return
-    state = checkpoint.read_state(stage_dir) if chief else None
+    # Only the epoch number is named: no need to hash the checkpoint files again.
+    state = checkpoint.read_state(stage_dir, verify=False) if chief else None
     kept = f"epoch {state['epoch']}" if state else "none yet"
     raise KfcnError(
         f"the loss became NaN/Inf at epoch {nan_guard.bad_at[0]}, step {nan_guard.bad_at[1]}; "

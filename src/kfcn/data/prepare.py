@@ -35,7 +35,7 @@ from kfcn.data.classes import ClassList, check_ignore_index, default_names, load
 from kfcn.data.records import META_FILE, SHARD_RE, encode_example, encode_label_png, shard_name
 from kfcn.data.sources import SCHEMES, LoadedSample, Sample, load_samples, plan_splits
 from kfcn.errors import DataError
-from kfcn.fileio import atomic_write
+from kfcn.fileio import atomic_write, sha256_file
 from kfcn.palette import IGNORE_LABEL, VOC_CLASSES, voc_colormap
 
 _BATCH = 8  # samples per task sent to a worker: amortises the inter-process round trip
@@ -147,14 +147,6 @@ class _Loader:
         return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fingerprint(samples: Sequence[Sample], settings=None) -> str:
     """Identifies a shard's input: ids, sources, paths, each file's size and mtime, and the
     reader's settings (a folder's class list)."""
@@ -191,7 +183,9 @@ def _reusable(shard: Path, fingerprint: str, skip_bad: bool) -> dict | None:
         return None
     if manifest.get("skipped") and not skip_bad:
         return None  # rewrite, so the bad sample stops this run as it should
-    if shard.stat().st_size != manifest.get("bytes") or _sha256(shard) != manifest.get("sha256"):
+    if shard.stat().st_size != manifest.get("bytes") or sha256_file(shard) != manifest.get(
+        "sha256"
+    ):
         return None
     return manifest
 
@@ -248,7 +242,7 @@ def _write_shard(
             "skipped": skipped,
             "label_counts": label_counts.tolist(),
             "bytes": tmp.stat().st_size,
-            "sha256": _sha256(tmp),
+            "sha256": sha256_file(tmp),
         }
         atomic_write(_manifest_path(shard), json.dumps(manifest))
         os.replace(tmp, shard)
