@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from kfcn import __version__
+from kfcn.choices import EXPORT_FORMATS, PRECISIONS, QUANTIZATIONS, SCHEMES, STRATEGIES
+from kfcn.config import STAGES
 from kfcn.errors import KfcnError
 
 # The project layout (README, "Getting the data"): where each command looks when not told.
@@ -123,7 +125,7 @@ BATCH_SIZE_OPTION = click.option(
 )
 PRECISION_OPTION = click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(PRECISIONS),
     default="float32",
     show_default=True,
     help="Compute precision; logits stay float32. bfloat16: GPU, or CPU with AVX512_BF16/AMX; "
@@ -183,7 +185,7 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--scheme",
-    type=click.Choice(["seed", "voc12val", "seg11valid"]),
+    type=click.Choice(SCHEMES),
     default="seed",
     show_default=True,
     help="SBD + VOC: which ids go to train and val (see above).",
@@ -431,7 +433,7 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
 @click.option(
     "--stage",
     required=True,
-    type=click.Choice(["fcn32", "fcn16", "fcn8"]),
+    type=click.Choice(STAGES),
     help="fcn32 starts from the backbone (model.backbone, model.backbone_weights); fcn16 from "
     "this run's fcn32, fcn8 from its fcn16 (or --init).",
 )
@@ -455,7 +457,7 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+    type=click.Choice(STRATEGIES),
     default="auto",
     show_default=True,
     help="auto: multiworker when TF_CONFIG is set, mirrored with several GPUs.",
@@ -729,7 +731,7 @@ def convert(source, out, classes) -> None:
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(["saved_model", "tflite", "onnx"]),
+    type=click.Choice(EXPORT_FORMATS),
     help="saved_model: a directory, images of any size; tflite: one file, one size (--size); "
     "onnx: one file, images of any size (needs pip install 'kfcn[onnx]').",
 )
@@ -742,7 +744,7 @@ def convert(source, out, classes) -> None:
 @click.option("--size", default=None, metavar="HxW", help="tflite: the input image size.")
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "float16", "dynamic", "int8"]),
+    type=click.Choice(QUANTIZATIONS),
     default="none",
     show_default=True,
     help="tflite weights: float32 (none), float16, int8 weights (dynamic), or int8 weights and "

@@ -30,10 +30,11 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from kfcn import __version__
+from kfcn.choices import SCHEMES
 from kfcn.data import folder
 from kfcn.data.classes import ClassList, check_ignore_index, default_names, load_classes
 from kfcn.data.records import META_FILE, SHARD_RE, encode_example, encode_label_png, shard_name
-from kfcn.data.sources import SCHEMES, LoadedSample, Sample, load_samples, plan_splits
+from kfcn.data.sources import LoadedSample, Sample, load_samples, plan_splits
 from kfcn.errors import DataError
 from kfcn.fileio import atomic_write, sha256_file
 from kfcn.palette import IGNORE_LABEL, VOC_CLASSES, voc_colormap
