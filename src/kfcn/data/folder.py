@@ -108,7 +108,8 @@ def find_pairs(images_dir: str | Path, masks_dir: str | Path) -> FolderPairs:
     images, other_images = _scan(images_dir, STORED_SUFFIXES, "--images")
     masks, other_masks = _scan(masks_dir, (MASK_SUFFIX,), "--masks")
     if not images:
-        raise DataError(f"{images_dir}: no images (*.jpg, *.jpeg, *.png) in this folder")
+        globs = ", ".join(f"*{suffix}" for suffix in STORED_SUFFIXES)
+        raise DataError(f"{images_dir}: no images ({globs}) in this folder")
     if not masks:
         raise DataError(f"{masks_dir}: no masks (*.png) in this folder")
     names = sorted(images.keys() & masks.keys())
