@@ -1,5 +1,6 @@
 """The `kfcn` command line. Each command parses options, loads the config and calls one library
-function; all the work lives in the library. `KfcnError`s become one line on stderr and exit 1."""
+function; all the work lives in the library. `KfcnError`s become one line on stderr and exit 1;
+`OptionError`s become click's usage errors (exit 2)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from kfcn import __version__
-from kfcn.errors import KfcnError
+from kfcn.choices import EXPORT_FORMATS, PRECISIONS, QUANTIZATIONS, SCHEMES, STRATEGIES
+from kfcn.config import STAGES
+from kfcn.errors import DefaultPathError, KfcnError, OptionError
 
 # The project layout (README, "Getting the data"): where each command looks when not told.
 SBD_DIR = "data/benchmark_RELEASE/dataset"
@@ -25,18 +29,26 @@ def _default_run_dir() -> tuple[str, ...]:
     return (os.environ.get("KFCN_RUN_DIR") or RUN_DIR,)
 
 
-def _check_default(param: str, flag: str, what: str) -> None:
-    """A path option left at its default must exist: otherwise one line saying what was looked
-    for, where, and which flag (or variable) gives another place."""
-    from click.core import ParameterSource
-
+def _given() -> frozenset[str]:
+    """The options of the running command set on the command line or by their variables."""
     ctx = click.get_current_context()
-    if ctx.get_parameter_source(param) is not ParameterSource.DEFAULT:
+    return frozenset(
+        p for p in ctx.params if ctx.get_parameter_source(p) is not ParameterSource.DEFAULT
+    )
+
+
+def _check_default(param: str, flag: str, what: str) -> None:
+    """A path option left at its default must exist (`DefaultPathError`)."""
+    if param in _given():
         return
-    value = ctx.params[param]
+    value = click.get_current_context().params[param]
     path = Path(value[0] if isinstance(value, tuple) else value)
     if not path.exists():
-        raise KfcnError(f"{path}: no {what} here (the default); pass {flag} to look elsewhere")
+        raise DefaultPathError(path, what, flag)
+
+
+def _warn(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _echo_devices() -> None:
@@ -123,7 +135,7 @@ BATCH_SIZE_OPTION = click.option(
 )
 PRECISION_OPTION = click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(PRECISIONS),
     default="float32",
     show_default=True,
     help="Compute precision; logits stay float32. bfloat16: GPU, or CPU with AVX512_BF16/AMX; "
@@ -131,8 +143,22 @@ PRECISION_OPTION = click.option(
 )
 
 
+class KfcnCommand(click.Command):
+    """A click command that reports the library's `OptionError`s as click's usage errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OptionError as exc:
+            if exc.option is not None:
+                raise click.BadParameter(str(exc), ctx, param_hint=exc.option) from None
+            raise click.UsageError(str(exc), ctx) from None
+
+
 class KfcnGroup(click.Group):
     """A click group that turns user errors into one clear line and a non-zero exit."""
+
+    command_class = KfcnCommand
 
     def invoke(self, ctx: click.Context):
         try:
@@ -183,7 +209,7 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--scheme",
-    type=click.Choice(["seed", "voc12val", "seg11valid"]),
+    type=click.Choice(SCHEMES),
     default="seed",
     show_default=True,
     help="SBD + VOC: which ids go to train and val (see above).",
@@ -296,62 +322,26 @@ def prepare(
     command after an interruption keeps the finished shards and writes the rest, giving
     identical records.
     """
-    from click.core import ParameterSource
+    from kfcn.data.request import PrepareRequest, prepare_records
 
-    ctx = click.get_current_context()
-    given = {p for p in ctx.params if ctx.get_parameter_source(p) != ParameterSource.DEFAULT}
-    voc = [f"--{p.replace('_', '-')}" for p in ("sbd_dir", "voc_dir", "scheme") if p in given]
-    own_options = ("images", "masks", "classes", "val_fraction", "val_list", "ignore_index", "seed")
-    own = [f"--{p.replace('_', '-')}" for p in own_options if p in given]
-    if voc and own:
-        raise click.UsageError(
-            f"{', '.join(voc)} (SBD + VOC) and {', '.join(own)} (own data) cannot be mixed"
-        )
-    missing = [f for f in ("--images", "--masks") if own and f not in own]
-    if missing:
-        raise click.UsageError(
-            f"missing {' and '.join(missing)}: give --sbd-dir and --voc-dir "
-            "(SBD + VOC 2012) or --images and --masks (your own data)"
-        )
-    if not own:
-        hint = "(or --images and --masks for your own data)"
-        _check_default(
-            "sbd_dir", f"--sbd-dir DIR {hint}", "SBD dataset (benchmark_RELEASE/dataset)"
-        )
-        _check_default("voc_dir", f"--voc-dir DIR {hint}", "VOC 2012 dataset (VOCdevkit/VOC2012)")
-    if {"val_fraction", "val_list"} <= given:
-        raise click.UsageError("--val-fraction and --val-list cannot be used together")
-    from kfcn.data.prepare import prepare_dataset, prepare_folder_dataset
-
-    if own:
-        meta = prepare_folder_dataset(
-            images,
-            masks,
-            out_dir,
-            classes,
-            val_fraction,
-            val_list,
-            ignore_index,
-            seed,
-            workers,
-            skip_bad,
-            shard_size,
-            progress=True,
-            echo=lambda m: click.echo(m, err=True),
-        )
-        named = "" if classes else " (from the mask values; name them with --classes FILE)"
-        click.echo(f"classes: {', '.join(meta['class_names'])}{named}")
-    else:
-        meta = prepare_dataset(
-            sbd_dir, voc_dir, out_dir, scheme, workers, skip_bad, shard_size, progress=True
-        )
-    for split, count in meta["counts"].items():
-        click.echo(f"{split}: {count} records in {len(meta['shards'][split])} shard(s)")
-    if skip_bad:
-        click.echo(
-            f"skipped {len(meta['skipped'])} bad sample(s), listed in {out_dir / 'meta.json'}"
-        )
-    click.echo(f"wrote {out_dir}")
+    request = PrepareRequest(
+        sbd_dir,
+        voc_dir,
+        out_dir,
+        scheme,
+        images,
+        masks,
+        classes,
+        val_fraction,
+        val_list,
+        ignore_index,
+        seed,
+        workers,
+        skip_bad,
+        shard_size,
+        given=_given(),
+    )
+    prepare_records(request, echo=click.echo, warn=_warn, progress=True)
 
 
 @main.command(short_help="Write a small synthetic dataset (SBD + VOC layouts, or --toy folder).")
@@ -394,44 +384,18 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
     With --toy, write OUT/images (JPEGs and PNGs), OUT/masks (index masks), OUT/masks_rgb (RGB
     colour masks) and OUT/classes.yaml (background, disc, box) instead, then print the
     `kfcn prepare` command for them."""
-    from click.core import ParameterSource
+    from kfcn.data.synthetic import synthesize_dataset
 
-    from kfcn.data.synthetic import parse_size, write_folder_toy, write_synthetic
-
-    ctx = click.get_current_context()
-    given = {p for p in ctx.params if ctx.get_parameter_source(p) != ParameterSource.DEFAULT}
-    voc_only = [p for p in ("sbd_train", "sbd_val", "voc_extra") if p in given]
-    if toy and voc_only:
-        raise click.UsageError(f"--{voc_only[0].replace('_', '-')} cannot be used with --toy")
-    if not toy and "count" in given:
-        raise click.UsageError("--count is for --toy; use --sbd-train, --sbd-val, --voc-extra")
-    try:
-        parsed = parse_size(size or ("40-56x48-72" if toy else "64-96x80-128"))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--size") from None
-    if toy:
-        made = write_folder_toy(out_dir, n=count, seed=seed, size=parsed)
-        click.echo(
-            f"wrote {count} images to {made.images}, masks to {made.masks} and {made.masks_rgb}"
-        )
-        click.echo(
-            f"next: kfcn prepare --images {made.images} --masks {made.masks} "
-            f"--classes {made.classes} --out {out_dir / 'records'}"
-        )
-        return
-    sbd, voc = write_synthetic(
-        out_dir, sbd_train=sbd_train, sbd_val=sbd_val, voc_extra=voc_extra, size=parsed, seed=seed
+    synthesize_dataset(
+        out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed, _given(), click.echo
     )
-    click.echo(f"--sbd-dir {sbd}")
-    click.echo(f"--voc-dir {voc}")
-    click.echo(f"next: kfcn prepare --sbd-dir {sbd} --voc-dir {voc} --out {out_dir / 'records'}")
 
 
 @main.command(short_help="Train one FCN stage (fcn32, fcn16, fcn8).")
 @click.option(
     "--stage",
     required=True,
-    type=click.Choice(["fcn32", "fcn16", "fcn8"]),
+    type=click.Choice(STAGES),
     help="fcn32 starts from the backbone (model.backbone, model.backbone_weights); fcn16 from "
     "this run's fcn32, fcn8 from its fcn16 (or --init).",
 )
@@ -455,7 +419,7 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+    type=click.Choice(STRATEGIES),
     default="auto",
     show_default=True,
     help="auto: multiworker when TF_CONFIG is set, mirrored with several GPUs.",
@@ -729,7 +693,7 @@ def convert(source, out, classes) -> None:
     "--format",
     "fmt",
     required=True,
-    type=click.Choice(["saved_model", "tflite", "onnx"]),
+    type=click.Choice(EXPORT_FORMATS),
     help="saved_model: a directory, images of any size; tflite: one file, one size (--size); "
     "onnx: one file, images of any size (needs pip install 'kfcn[onnx]').",
 )
@@ -742,7 +706,7 @@ def convert(source, out, classes) -> None:
 @click.option("--size", default=None, metavar="HxW", help="tflite: the input image size.")
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "float16", "dynamic", "int8"]),
+    type=click.Choice(QUANTIZATIONS),
     default="none",
     show_default=True,
     help="tflite weights: float32 (none), float16, int8 weights (dynamic), or int8 weights and "

@@ -23,6 +23,8 @@ from kfcn.errors import ConfigError
 from kfcn.fileio import atomic_write
 
 STAGES = ("fcn32", "fcn16", "fcn8")
+AUGMENTS = ("random", "resize_pad")  # data.augment, applied by kfcn.data.pipeline
+TOPOLOGIES = ("kfcn", "caffe")  # model.topology, built by kfcn.models.fcn
 BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenetv2")  # the modules of kfcn.models.backbones
 WIDTH_NAMES = ("small",)  # the named model.widths of kfcn.models.backbones.vgg16
 VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096, 4096)  # model.widths: blocks 1-5, fc6, fc7
@@ -51,7 +53,7 @@ class DataConfig:
     augment: str = _opt(
         "random",
         "'random' = scale + crop + flip; 'resize_pad' = resize with pad to crop_size",
-        choices=("random", "resize_pad"),
+        choices=AUGMENTS,
     )
     scale_min: float = _opt(0.5, "smallest random rescale factor", min=0.05)
     scale_max: float = _opt(2.0, "largest random rescale factor", min=0.05)
@@ -82,7 +84,7 @@ class ModelConfig:
         "null = kfcn's, or that of the model a stage starts from (--init, an earlier stage); "
         "'kfcn' = 'same' convolutions on inputs padded to a multiple of 32; 'caffe' = the Caffe "
         "FCNs' net (vgg16: conv1_1 padded by 100, ceil pooling, crops), any input size",
-        choices=("kfcn", "caffe"),
+        choices=TOPOLOGIES,
     )
     train_upsampling: bool = _opt(False, "learn the bilinear-initialised transposed convolutions")
     # The reference recipe trains the stages in turn and fine-tunes the backbone from the top down:

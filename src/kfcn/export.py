@@ -47,22 +47,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfcn.choices import EXPORT_FORMATS, QUANTIZATIONS
 from kfcn.errors import ModelError
 from kfcn.exported import INFO_FILE, ONNX_EXTRA, SIGNATURE, with_tflite_metadata
 from kfcn.fitting import FITTING, fit_uint8
 from kfcn.images import write_atomic
 from kfcn.padding import crop_to, input_multiple, pad_image
 
-FORMATS = ("saved_model", "tflite", "onnx")
-QUANTIZE = ("none", "float16", "dynamic", "int8")
 CALIBRATION_SPLIT = "train"
 CALIBRATION_IMAGES = 100
 """int8: this many train images, a seeded sample of the whole split, calibrate the activations."""
 CALIBRATION_SEED = 0
 ONNX_OPSET = 17
 
-MAX_CLASSES = 256
-"""Masks are uint8."""
+UINT8_CLASSES = np.iinfo(np.uint8).max + 1
+"""Masks are uint8: 256 class indices at most (a dataset's classes are fewer, see
+`kfcn.data.classes.MAX_CLASSES`)."""
 
 
 def _segment(model: keras.Model, image: tf.Tensor, weights=None) -> dict[str, tf.Tensor]:
@@ -98,10 +98,10 @@ def _archive(model: keras.Model, spec: tf.TensorSpec, serve) -> keras.export.Exp
 
 def _check_model(model: keras.Model) -> None:
     classes = int(model.output.shape[-1])
-    if classes > MAX_CLASSES:
+    if classes > UINT8_CLASSES:
         raise ModelError(
             f"the model predicts {classes} classes; export writes uint8 masks "
-            f"(at most {MAX_CLASSES} classes)"
+            f"(at most {UINT8_CLASSES} classes)"
         )
 
 
@@ -261,8 +261,8 @@ def check_quantize(quantize: str, calibration_data: str | Path | None) -> None:
     Raises:
         ModelError: with what to do instead.
     """
-    if quantize not in QUANTIZE:
-        raise ModelError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZE)}")
+    if quantize not in QUANTIZATIONS:
+        raise ModelError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
     if quantize == "int8" and calibration_data is None:
         raise ModelError(
             "--quantize int8 needs --calibration-data DIR (a directory written by kfcn prepare; "
@@ -453,8 +453,10 @@ def export_model(
     from kfcn.models import load_model
     from kfcn.runs import resolve_model
 
-    if fmt not in FORMATS:
-        raise ModelError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ModelError(
+            f"export format {fmt!r} is unknown; expected one of {', '.join(EXPORT_FORMATS)}"
+        )
     if fmt == "tflite" and size is None:
         raise ModelError("--format tflite needs --size HxW (TFLite models have one input size)")
     if fmt != "tflite" and size is not None:

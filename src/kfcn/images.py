@@ -6,7 +6,8 @@ Input files are read as the upright RGB pixels a viewer displays:
   evaluation, so a JPEG gets exactly the prediction `kfcn evaluate` scores for it. The EXIF
   orientation is read with PIL (metadata only) and applied to the decoded pixels.
 * Every other format (PNG of any mode, BMP, GIF, TIFF, WebP, ...) is decoded by PIL, turned
-  upright by its EXIF orientation and converted to 8-bit RGB:
+  upright by its EXIF orientation and converted to 8-bit RGB by `kfcn.pixels.to_rgb`, the
+  conversion `prepare` stores folder images with:
     - with transparency (RGBA, LA, PA, or a transparent palette colour): composited on white;
     - 16-bit grayscale (I;16): the high byte (value >> 8), as TensorFlow's PNG decoder does;
     - 32-bit integer (I) as 16-bit; float (F) clipped to 0-255;
@@ -25,18 +26,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from kfcn.data.folder import to_rgb  # the conversion `prepare` stores folder images with
 from kfcn.data.records import decode_image
 from kfcn.errors import DataError
 from kfcn.fileio import atomic_write
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-"""File name endings taken from a directory argument (case-insensitive)."""
+from kfcn.pixels import IMAGE_SUFFIXES, exif_orientation, to_rgb
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-EXIF_ORIENTATION = 0x0112
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -115,8 +110,8 @@ def jpeg_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) of JPEG bytes, 1 when absent; reads metadata only, no pixels."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # a broken EXIF block must not reject pixels that TF decoded
+            return exif_orientation(image)
+    except Exception:  # bytes PIL cannot open must not reject pixels that TF decoded
         return 1
 
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from kfcn import __version__, checkpoint, resume
 from kfcn.callbacks import EpochCommit, KeyedDropoutSeeds, StopOnNonFinite, Validation
+from kfcn.choices import STRATEGIES
 from kfcn.config import STAGES, Config, check_class_weight_count, save_config
 from kfcn.data import class_stats, pipeline, records
 from kfcn.errors import ConfigError, KfcnError
@@ -45,8 +46,6 @@ from kfcn.models import (
 from kfcn.palette import VOC_CLASSES, voc_colormap
 from kfcn.runs import CONFIG_FILE, FINAL_MODEL, LOGS_DIR
 from kfcn.summaries import SegmentationSummaries
-
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 
 @dataclass

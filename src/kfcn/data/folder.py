@@ -10,7 +10,7 @@ Mask values equal to the ignore index (or pixels of the list's `ignore_color`) a
 IGNORE_LABEL (255); any other value or colour that is not a class is an error naming the file.
 Images keep their bytes when a model decodes them as a viewer displays them (a JPEG or an 8-bit
 RGB PNG without an EXIF rotation); any other image is stored as a lossless RGB PNG of its upright
-pixels, converted as `kfcn predict` converts images (`kfcn.images`), so training, evaluation and
+pixels, converted as `kfcn predict` converts images (`kfcn.pixels`), so training, evaluation and
 prediction see the same pixels.
 
 This module imports no TensorFlow, so `prepare`'s reader processes start quickly.
@@ -30,12 +30,10 @@ from kfcn.data.classes import MAX_CLASSES, colour_codes
 from kfcn.data.sources import LoadedSample, Sample, read_bytes
 from kfcn.errors import DataError
 from kfcn.palette import IGNORE_LABEL
+from kfcn.pixels import SIXTEEN_BIT_MODES, STORED_SUFFIXES, exif_orientation, to_rgb
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
 SOURCE = "folder"
-EXIF_ORIENTATION = 0x0112
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _SHOWN = 5  # values, colours or names quoted in one message
 
 
@@ -107,10 +105,11 @@ def find_pairs(images_dir: str | Path, masks_dir: str | Path) -> FolderPairs:
             f"{images_dir}: --images and --masks are the same folder; put the masks in a folder "
             "of their own, named like their images (NAME.png)"
         )
-    images, other_images = _scan(images_dir, IMAGE_SUFFIXES, "--images")
+    images, other_images = _scan(images_dir, STORED_SUFFIXES, "--images")
     masks, other_masks = _scan(masks_dir, (MASK_SUFFIX,), "--masks")
     if not images:
-        raise DataError(f"{images_dir}: no images (*.jpg, *.jpeg, *.png) in this folder")
+        globs = ", ".join(f"*{suffix}" for suffix in STORED_SUFFIXES)
+        raise DataError(f"{images_dir}: no images ({globs}) in this folder")
     if not masks:
         raise DataError(f"{masks_dir}: no masks (*.png) in this folder")
     names = sorted(images.keys() & masks.keys())
@@ -152,7 +151,7 @@ def _resolve_names(entries: Sequence[str], names: set[str], where: str) -> list[
         path = Path(entry)
         if entry in names:
             resolved.append(entry)
-        elif path.suffix.lower() in IMAGE_SUFFIXES and path.stem in names:
+        elif path.suffix.lower() in STORED_SUFFIXES and path.stem in names:
             resolved.append(path.stem)
         else:
             unknown.append(entry)
@@ -209,30 +208,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # a broken EXIF block must not reject readable pixels
-        return 1
-
-
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """A PIL image of any mode as (H, W, 3) uint8 RGB: transparency on white, 16-bit high byte,
-    float clipped to 0-255 (the rules in `kfcn.images`). `kfcn predict` converts its non-JPEG
-    inputs with this same function, so stored and predicted pixels agree."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)  # (H, W, 3)
-    if image.mode == "F":
-        gray = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)  # (H, W, 3)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
 def _is_rgb8_png(data: bytes) -> bool:
     """An 8-bit RGB PNG (IHDR bit depth 8, colour type 2): TensorFlow decodes it as PIL does."""
     return len(data) > 26 and data[12:16] == b"IHDR" and data[24] == 8 and data[25] == 2
@@ -258,7 +233,7 @@ def read_folder_image(path: str | Path) -> tuple[bytes, str, int, int]:
             if kind not in ("JPEG", "PNG"):
                 raise DataError(f"{path}: holds {kind} data; expected a JPEG or PNG image")
             image.load()  # decodes every scanline: a truncated file raises here
-            upright = _orientation(image) == 1
+            upright = exif_orientation(image) == 1
             if kind == "JPEG" and upright and image.mode in ("RGB", "L"):
                 return data, "jpeg", image.height, image.width
             if (

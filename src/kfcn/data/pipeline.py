@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kfcn.config import DataConfig
+from kfcn.config import AUGMENTS, DataConfig
 from kfcn.data import augment, records
 from kfcn.errors import ConfigError, DataError
 from kfcn.palette import IGNORE_LABEL
@@ -108,9 +108,10 @@ def train_dataset(
         DataError: when `data_dir` has no complete set of `split` shards (naming the splits it has).
         ConfigError: for an unknown `data_cfg.augment`.
     """
-    if data_cfg.augment not in ("random", "resize_pad"):
+    if data_cfg.augment not in AUGMENTS:
+        expected = " or ".join(repr(name) for name in AUGMENTS)
         raise ConfigError(
-            f"data.augment = {data_cfg.augment!r} is not allowed; expected 'random' or 'resize_pad'"
+            f"data.augment = {data_cfg.augment!r} is not allowed; expected {expected}"
         )
     shards = records.list_shards(data_dir, split)
     share = ReplicaShare.of(input_context, batch_size)

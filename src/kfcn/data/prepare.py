@@ -30,13 +30,15 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from kfcn import __version__
+from kfcn.choices import SCHEMES
 from kfcn.data import folder
 from kfcn.data.classes import ClassList, check_ignore_index, default_names, load_classes
 from kfcn.data.records import META_FILE, SHARD_RE, encode_example, encode_label_png, shard_name
-from kfcn.data.sources import SCHEMES, LoadedSample, Sample, load_samples, plan_splits
+from kfcn.data.sources import LoadedSample, Sample, load_samples, plan_splits
 from kfcn.errors import DataError
 from kfcn.fileio import atomic_write, sha256_file
 from kfcn.palette import IGNORE_LABEL, VOC_CLASSES, voc_colormap
+from kfcn.pixels import STORED_SUFFIXES
 
 _BATCH = 8  # samples per task sent to a worker: amortises the inter-process round trip
 MANIFEST_FORMAT = 1
@@ -430,7 +432,10 @@ def _warn_unpaired(pairs: folder.FolderPairs, images_dir: Path, masks_dir: Path,
             f"image(s) in {images_dir} have no mask NAME.png in {masks_dir}",
         ),
         (pairs.masks_without_image, f"mask(s) in {masks_dir} have no image in {images_dir}"),
-        (pairs.other_files, "file(s) are neither images (.jpg, .jpeg, .png) nor masks (.png)"),
+        (
+            pairs.other_files,
+            f"file(s) are neither images ({', '.join(STORED_SUFFIXES)}) nor masks ({folder.MASK_SUFFIX})",
+        ),
     )
     for names, what in kinds:
         if names:

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from kfcn.choices import SCHEMES
 from kfcn.errors import DataError
 from kfcn.palette import IGNORE_LABEL, VOC_CLASSES
 
@@ -35,7 +36,6 @@ VOC_LAYOUT = (
     f"(VOCtrainval_11-May-2012.tar from {VOC_URL})"
 )
 
-SCHEMES = ("seed", "voc12val", "seg11valid")
 SEED_VAL_SIZE = 1200
 """Scheme `seed` validates on the first this-many ids of SBD val.txt."""
 

@@ -13,7 +13,7 @@ images, a folder of masks (index and RGB colour variants) and a `classes.yaml`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +23,7 @@ import scipy.ndimage
 import scipy.sparse
 from PIL import Image
 
+from kfcn.errors import OptionError
 from kfcn.palette import IGNORE_LABEL, VOC_CLASSES, flat_palette, voc_colormap
 
 Size = tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
@@ -303,3 +304,57 @@ def write_folder_toy(
         Image.fromarray(colors[label], mode="RGB").save(toy.masks_rgb / f"{name}.png")
     toy.classes.write_text(_TOY_CLASSES_YAML)
     return toy
+
+
+SBD_VOC_OPTIONS = ("sbd_train", "sbd_val", "voc_extra")  # options of the SBD + VOC layouts only
+
+
+def synthesize_dataset(
+    out_dir: Path,
+    toy: bool = False,
+    count: int = 40,
+    sbd_train: int = 240,
+    sbd_val: int = 60,
+    voc_extra: int = 40,
+    size: str | None = None,
+    seed: int = 0,
+    given: frozenset[str] = frozenset(),
+    echo: Callable[[str], None] = print,
+) -> None:
+    """`kfcn synthesize`: write the SBD + VOC layouts (or with `toy`, a toy folder), then echo
+    where they are and the `kfcn prepare` command that reads them.
+
+    Args:
+        out_dir: the root directory.
+        toy: write `write_folder_toy`'s `count` images instead of `write_synthetic`'s datasets.
+        size: 'HxW' or 'H1-H2xW1-W2' (`parse_size`); None = 64-96x80-128, --toy 40-56x48-72.
+        given: the options set on the command line; the others hold their defaults.
+        echo: called with each line of the report.
+
+    Raises:
+        OptionError: SBD + VOC counts with `toy`, `count` without it, or a bad `size`.
+    """
+    voc_only = [name for name in SBD_VOC_OPTIONS if name in given]
+    if toy and voc_only:
+        raise OptionError(f"--{voc_only[0].replace('_', '-')} cannot be used with --toy")
+    if not toy and "count" in given:
+        raise OptionError("--count is for --toy; use --sbd-train, --sbd-val, --voc-extra")
+    try:
+        parsed = parse_size(size or ("40-56x48-72" if toy else "64-96x80-128"))
+    except ValueError as exc:
+        raise OptionError(str(exc), option="--size") from None
+    records = out_dir / "records"
+    if toy:
+        made = write_folder_toy(out_dir, n=count, seed=seed, size=parsed)
+        echo(f"wrote {count} images to {made.images}, masks to {made.masks} and {made.masks_rgb}")
+        echo(
+            f"next: kfcn prepare --images {made.images} --masks {made.masks} "
+            f"--classes {made.classes} --out {records}"
+        )
+        return
+    sbd, voc = write_synthetic(
+        out_dir, sbd_train=sbd_train, sbd_val=sbd_val, voc_extra=voc_extra, size=parsed, seed=seed
+    )
+    echo(f"--sbd-dir {sbd}")
+    echo(f"--voc-dir {voc}")
+    echo(f"next: kfcn prepare --sbd-dir {sbd} --voc-dir {voc} --out {records}")

@@ -20,7 +20,7 @@ import fnmatch
 import keras
 import numpy as np
 
-from kfcn.config import STAGES, ModelConfig, check_widths_fit
+from kfcn.config import STAGES, TOPOLOGIES, ModelConfig, check_widths_fit
 from kfcn.errors import ConfigError, ModelError
 from kfcn.models.backbones import backbone_of, get_backbone
 
@@ -140,8 +140,6 @@ class ChannelScale(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "value": self.value}
 
-
-TOPOLOGIES = ("kfcn", "caffe")
 
 # The Caffe FCNs' decoders (fcn.berkeleyvision.org): each transposed convolution's (kernel,
 # stride) and each crop's offset, by kfcn layer name; `score` crops the upsampled scores to the

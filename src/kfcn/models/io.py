@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfcn import __version__
+from kfcn.choices import PRECISIONS as PRECISION_NAMES
 from kfcn.errors import ModelError
 from kfcn.fileio import publish, temp_path
 from kfcn.palette import VOC_CLASSES, voc_colormap
@@ -194,7 +195,7 @@ def model_info(path: str | os.PathLike) -> dict:
     return info
 
 
-PRECISIONS = {"float32": "float32", "bfloat16": "bfloat16", "float16": "mixed_float16"}
+PRECISIONS = dict(zip(PRECISION_NAMES, ("float32", "bfloat16", "mixed_float16"), strict=True))
 """--precision -> the Keras dtype policy of the model's layers. bfloat16 keeps its weights in
 bfloat16 too (half the memory, no cast per call); float16 computes in float16 on float32 weights
 (float16's range is too narrow to hold every weight and activation safely)."""
