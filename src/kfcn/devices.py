@@ -70,17 +70,19 @@ PAUSE_S = 0.05
 class NoiseFilter:
     """Drops the lines of a byte stream that `noise` matches; passes every other byte.
 
-    Whole lines are matched. A partial line (no newline yet) is held, until `pause` shows it
-    (unless it is noise so far); the rest of a line once shown is shown too.
+    Lines are matched whole. A partial line (no newline yet) is held until `pause`, which
+    shows it unless it matches; either way the rest of that line follows the same decision.
     """
 
     def __init__(self, noise: re.Pattern[bytes] = NOISE):
         self.noise = noise
         self.pending = b""
-        self.shown = False  # the start of `pending`'s line has been passed on
+        self.decided: bool | None = None  # whether the current line, partly seen, is shown
 
     def _keep(self, line: bytes) -> bool:
-        return self.shown or not self.noise.search(line)
+        if self.decided is None:
+            return not self.noise.search(line)
+        return self.decided
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to pass on after `data` arrived."""
@@ -89,14 +91,15 @@ class NoiseFilter:
         for line in lines:
             if self._keep(line):
                 out.append(line + b"\n")
-            self.shown = False
+            self.decided = None
         return b"".join(out)
 
     def pause(self) -> bytes:
         """The bytes to pass on when no more came for a while: the partial line, if kept."""
-        out = self.pending if self.pending and self._keep(self.pending) else b""
-        self.shown = self.shown or bool(out)
-        self.pending = b""
+        if not self.pending:
+            return b""
+        self.decided = self._keep(self.pending)
+        out, self.pending = (self.pending if self.decided else b""), b""
         return out
 
     def close(self) -> bytes:
