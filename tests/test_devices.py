@@ -16,6 +16,7 @@ from kfcn.devices import (
     NOISE,
     NoiseFilter,
     device_report,
+    forward,
     gpu_warning,
     nvidia_gpus,
     tensorflow_devices,
@@ -174,6 +175,18 @@ def test_a_partial_line_is_shown_after_a_pause_and_the_rest_of_it_follows():
     assert lines.feed(b" see slightly different numerical results\n") == b""
     assert lines.feed(b"no newline at the end") == b""
     assert lines.close() == b"no newline at the end"
+
+
+def test_forward_copies_a_pipe_to_its_end_without_the_noise():
+    source, writer = os.pipe()
+    reader, target = os.pipe()
+    os.write(writer, f"{NOISE_LINES[2]}\nkept\n{NOISE_LINES[0]}\nno newline".encode())
+    os.close(writer)  # the writer is gone (as after an abort): what it wrote is still read
+    forward(source, target)
+    os.close(target)
+    assert os.read(reader, 1 << 16) == b"kept\nno newline"
+    os.close(source)
+    os.close(reader)
 
 
 def _quiet_process(body: str, env: dict | None = None) -> subprocess.CompletedProcess:

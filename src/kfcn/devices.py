@@ -127,7 +127,7 @@ def forward(source: int, target: int, noise: re.Pattern[bytes] = NOISE) -> None:
         waiting = [source]
         if lines.pending:
             waiting, _, _ = select.select([source], [], [], PAUSE_S)
-        if not waiting:
+        if not waiting or len(lines.pending) > 1 << 16:  # a pause, or a line without an end
             out = _write_all(out, lines.pause())
             continue
         try:
