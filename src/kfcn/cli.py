@@ -138,8 +138,8 @@ PRECISION_OPTION = click.option(
     type=click.Choice(PRECISIONS),
     default="float32",
     show_default=True,
-    help="Compute precision; logits stay float32. bfloat16: GPU, or CPU with AVX512_BF16/AMX; "
-    "float16: GPU.",
+    help="Compute precision; logits stay float32. bfloat16: GPU of compute capability 8.0 "
+    "(Ampere) or newer, or CPU with AVX512_BF16/AMX-BF16 (x86) or BF16 (Arm); float16: GPU.",
 )
 
 
@@ -179,7 +179,8 @@ class KfcnGroup(click.Group):
     envvar="KFCN_VERBOSE",
     help="Also show TensorFlow's own log messages (hidden by default). Env: KFCN_VERBOSE=1.",
 )
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """kfcn: train and run fully convolutional networks (FCN-32s/16s/8s) for semantic
     segmentation on Pascal VOC.
 
@@ -189,7 +190,9 @@ def main(verbose: bool) -> None:
     """
     from kfcn.devices import quiet_tensorflow
 
-    quiet_tensorflow(verbose)  # before any command imports TensorFlow
+    # Before any command imports TensorFlow. Only the program (`run`) filters file descriptor 2:
+    # a process that calls `main` (tests) keeps its own.
+    quiet_tensorflow(verbose, filter_fd2=bool(ctx.obj and ctx.obj.get("program")))
 
 
 @main.command(short_help="Write sharded TFRecords from SBD + VOC 2012 or your own folder.")
@@ -425,7 +428,9 @@ def synthesize(out_dir, toy, count, sbd_train, sbd_val, voc_extra, size, seed) -
     help="auto: multiworker when TF_CONFIG is set, mirrored with several GPUs.",
 )
 @click.option(
-    "--mixed-precision", is_flag=True, help="mixed_float16 on GPU, mixed_bfloat16 on CPU."
+    "--mixed-precision",
+    is_flag=True,
+    help="mixed_float16 on GPU; without one, mixed_bfloat16 on a CPU with bfloat16 instructions.",
 )
 @click.option("--jit", is_flag=True, help="Compile the train step with XLA.")
 @click.option("--overwrite", is_flag=True, help="Train a finished stage again from scratch.")
@@ -756,14 +761,15 @@ def _parse_fit_size(text: str | None) -> tuple[int, int] | None:
 
 
 def run() -> None:
-    """The `kfcn` program: `main`, then a quick exit.
+    """The `kfcn` program: `main`, its file descriptor 2 filtered (`kfcn.devices.filter_stderr`,
+    unless --verbose), then a quick exit.
 
     At exit Python's collector would walk every object TensorFlow created once more, about a
     second on a small CPU after the work is done; freezing them first skips that walk. Only for
     the program: a process that calls `main` again (tests) keeps collecting as usual.
     """
     try:
-        main()
+        main(obj={"program": True})
     finally:
         gc.freeze()
 

@@ -10,8 +10,8 @@ With one model and no TTA, `Predictor.classes` is exactly `kfcn.padding.predict_
 argmax of the logits, images of one padded size batched in one call), so plain results do not
 change. `kfcn evaluate` and `kfcn predict` both predict through a `Predictor`.
 
-A `Predictor` runs its models at one precision: float32 (as trained), bfloat16 (CPUs with
-bfloat16 instructions, and GPUs) or float16 (GPUs); logits and probabilities stay float32.
+A `Predictor` runs its models at one precision: float32 (as trained), bfloat16 (Ampere or newer
+GPUs, CPUs with bfloat16 instructions) or float16 (GPUs); logits and probabilities stay float32.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfcn.devices import cpu_has_bfloat16, precision_problem, visible_gpus
 from kfcn.errors import ConfigError, ModelError
 from kfcn.models.io import PRECISIONS, model_precision, with_precision
 from kfcn.padding import input_multiple, predict_classes, predict_logits
@@ -90,45 +91,28 @@ def parse_scales(text: str) -> tuple[float, ...]:
 def check_precision(precision: str) -> str:
     """Check that this machine can run models at `precision`.
 
-    float32 runs everywhere; bfloat16 on a GPU or on a CPU with bfloat16 instructions
-    (AVX512_BF16 or AMX-BF16); float16 on a GPU only (on a CPU it is emulated, slower than
-    float32).
+    float32 runs everywhere; bfloat16 on GPUs of compute capability 8.0 (Ampere) or newer, or,
+    without a GPU, on a CPU with bfloat16 instructions (x86 AVX512_BF16 or AMX-BF16, Arm BF16);
+    float16 on a GPU only (on a CPU it is emulated, slower than float32). See
+    `kfcn.devices.precision_problem`.
 
     Returns:
         `precision`.
 
     Raises:
-        ConfigError: an unknown precision, or one this machine cannot run fast.
+        ConfigError: an unknown precision, or one this machine cannot run fast (one line: why,
+            and the precisions it can run).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "float32" or has_gpu():
+    if precision == "float32":
         return precision
-    if precision == "bfloat16" and cpu_has_bfloat16():
+    gpus, cpu_bfloat16 = visible_gpus(), cpu_has_bfloat16()
+    problem = precision_problem(precision, gpus, cpu_bfloat16)
+    if problem is None:
         return precision
-    if precision == "bfloat16":
-        raise ConfigError(
-            "--precision bfloat16 needs a GPU or a CPU with bfloat16 instructions (AVX512_BF16 "
-            "or AMX); this machine has neither: use --precision float32"
-        )
-    other = "bfloat16 or float32" if cpu_has_bfloat16() else "float32"
-    raise ConfigError(
-        f"--precision float16 needs a GPU (TensorFlow sees none here): use --precision {other}"
-    )
-
-
-def has_gpu() -> bool:
-    """Whether TensorFlow sees a GPU."""
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether the CPU has bfloat16 arithmetic (x86 AVX512_BF16 or AMX-BF16; Linux flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    usable = [p for p in PRECISIONS if precision_problem(p, gpus, cpu_bfloat16) is None]
+    raise ConfigError(f"--precision {precision} {problem}: use --precision {' or '.join(usable)}")
 
 
 class Predictor:

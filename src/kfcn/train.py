@@ -28,6 +28,7 @@ from kfcn.callbacks import EpochCommit, KeyedDropoutSeeds, StopOnNonFinite, Vali
 from kfcn.choices import STRATEGIES
 from kfcn.config import STAGES, Config, check_class_weight_count, save_config
 from kfcn.data import class_stats, pipeline, records
+from kfcn.devices import cpu_has_bfloat16, precision_problem
 from kfcn.errors import ConfigError, KfcnError
 from kfcn.evaluate import score_split
 from kfcn.fileio import atomic_write
@@ -327,9 +328,28 @@ def _set_precision(mixed: bool) -> str:
     if not mixed:
         keras.mixed_precision.set_global_policy("float32")
         return "float32"
-    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    policy = mixed_policy(bool(tf.config.list_physical_devices("GPU")), cpu_has_bfloat16())
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+def mixed_policy(gpu: bool, cpu_bfloat16: bool) -> str:
+    """The Keras policy of `--mixed-precision`: float16 on GPUs (any GPU computes it; bfloat16
+    would need compute capability 8.0), bfloat16 on a CPU that has bfloat16 instructions.
+
+    Raises:
+        ConfigError: no GPU, and a CPU without bfloat16 instructions (it would emulate
+            bfloat16, slower than float32).
+    """
+    if gpu:
+        return "mixed_float16"
+    problem = precision_problem("bfloat16", [], cpu_bfloat16)
+    if problem:
+        raise ConfigError(
+            f"--mixed-precision (mixed_bfloat16 without a GPU) {problem}: train without "
+            "--mixed-precision"
+        )
+    return "mixed_bfloat16"
 
 
 def _split_count(data_dir: Path, split: str) -> int:

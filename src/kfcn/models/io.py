@@ -39,6 +39,7 @@ from kfcn import __version__
 from kfcn.choices import PRECISIONS as PRECISION_NAMES
 from kfcn.errors import ModelError
 from kfcn.fileio import publish, temp_path
+from kfcn.keras_compat import saving_lib
 from kfcn.palette import VOC_CLASSES, voc_colormap
 
 METADATA_MEMBER = "metadata.json"
@@ -318,8 +319,6 @@ def _fast_load(path: str | os.PathLike, precision: str = "float32") -> keras.Mod
     Returns:
         The model, or None when the weights member is compressed (then Keras must read it).
     """
-    from keras.src.saving import saving_lib  # the weight store Keras itself reads with
-
     with zipfile.ZipFile(path) as zf:
         config = json.loads(zf.read(CONFIG_MEMBER))
         member = zf.getinfo(WEIGHTS_MEMBER)
@@ -338,8 +337,6 @@ def _fast_load(path: str | os.PathLike, precision: str = "float32") -> keras.Mod
 def _build(config: dict) -> keras.Model:
     """The model of a serialized config (as in `config.json`), with each variable set to zero
     (not drawn from its initializer) and each layer keeping its initializer for later use."""
-    from keras.src.saving import saving_lib
-
     config = copy.deepcopy(config)
     initializers = _zero_initializers(config)
     config["compile_config"] = None
@@ -393,8 +390,6 @@ def _weights_store(path: str | os.PathLike):
     member where it lies in the archive, and each contiguous float array is copied once, from
     a memory map of the file into an aligned buffer that TensorFlow takes over for the variable.
     """
-    from keras.src.saving import saving_lib
-
     with zipfile.ZipFile(path) as zf:
         member = zf.getinfo(WEIGHTS_MEMBER)
     raw = open(path, "rb")  # noqa: SIM115  closed with the store
