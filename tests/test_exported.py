@@ -181,6 +181,22 @@ def test_predict_onnx_masks_equal_keras_on_an_odd_size(exports, tiny, tmp_path):
     assert [o.name for o in session.get_outputs()] == ["mask", "probabilities"]
 
 
+def test_onnx_weights_are_bound_in_onnx_layout(exports):
+    """No Transpose is left on a weight, and the bilinear upsampling (which mixes no channels)
+    runs per channel; the masks stay the Keras model's (the scoring tests)."""
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(_onnx(exports))).graph
+    initializers = {i.name: i for i in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
+    assert {i.name for i in graph.input} == {"image"}
+    upsampling = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    assert len(upsampling) == 3  # FCN-8s: upscore2, upscore_pool4, upscore8
+    for node in upsampling:
+        kernel = initializers[node.input[1]]
+        group = next(a.i for a in node.attribute if a.name == "group")
+        assert group == 4 and list(kernel.dims[:2]) == [4, 1]
+
+
 def test_int8_calibration_is_a_seeded_sample_fitted_like_inference(data_dir):
     positions = calibration_positions(data_dir, 3, seed=0)
     assert positions == calibration_positions(data_dir, 3, seed=0)
