@@ -1,6 +1,7 @@
 """Exported models (SavedModel, TFLite, ONNX) scored by `kfcn evaluate` and `kfcn predict` as
 `.keras` models are, the fixed-size fitting, int8 calibration sampling, and bad files."""
 
+import importlib.util
 import json
 import sys
 
@@ -17,6 +18,7 @@ from kfcn.evaluate import evaluate_model
 from kfcn.export import calibration_images, calibration_positions, export_model
 from kfcn.exported import load_exported, model_format, tflite_metadata
 from kfcn.fitting import fit_image, fit_uint8, fitted_size, unfit_probabilities
+from kfcn.inference import TTA
 from kfcn.padding import IMAGENET_MEAN_RGB, predict_classes
 from kfcn.predict import predict_images
 
@@ -146,6 +148,27 @@ def test_cli_report_names_the_format_and_refuses_tta_for_fixed_size(exports, dat
     assert "fixed-size TFLite file" in error
 
 
+def test_saved_model_and_onnx_take_tta_as_the_keras_model(exports, tiny, data_dir):
+    path, _, _ = tiny
+    tta = TTA(flip=True, scales=(0.75, 1.0))
+    keras_cm = np.asarray(evaluate_model(path, data_dir, "val", tta=tta)["confusion_matrix"])
+    plain_cm = np.asarray(evaluate_model(path, data_dir, "val")["confusion_matrix"])
+    assert np.abs(keras_cm - plain_cm).sum() > 0  # the views change some pixels
+    files = {"saved_model": exports["saved_model"]}
+    if importlib.util.find_spec("onnxruntime"):
+        files["onnx"] = exports["onnx"]
+    for name, file in files.items():
+        report = evaluate_model(file, data_dir, "val", tta=tta)
+        assert report["format"] == name and report["tta"] == tta.as_dict()
+        cm = np.asarray(report["confusion_matrix"])
+        # Resized views are rounded to uint8 for the exported input; a few pixels may differ.
+        assert np.abs(cm - keras_cm).sum() / 2 <= 5e-3 * keras_cm.sum(), name
+    args = ["evaluate", "--data-dir", str(data_dir), "--model", str(exports["saved_model"])]
+    result = CliRunner().invoke(main, [*args, "--tta", "--tta-scales", "1.0"])
+    assert result.exit_code == 0, result.output
+    assert "flip on, scales 1.0" in result.output
+
+
 def _error_lines(output: str) -> list[str]:
     """The error lines of a failed command; nothing else but the device line is printed."""
     lines = [line for line in output.strip().splitlines() if not line.startswith("devices:")]
@@ -179,6 +202,22 @@ def test_predict_onnx_masks_equal_keras_on_an_odd_size(exports, tiny, tmp_path):
     props = session.get_modelmeta().custom_metadata_map
     assert json.loads(props["class_names"]) == CLASS_NAMES and props["variant"] == "fcn8"
     assert [o.name for o in session.get_outputs()] == ["mask", "probabilities"]
+
+
+def test_onnx_weights_are_bound_in_onnx_layout(exports):
+    """No Transpose is left on a weight, and the bilinear upsampling (which mixes no channels)
+    runs per channel; the masks stay the Keras model's (the scoring tests)."""
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(_onnx(exports))).graph
+    initializers = {i.name: i for i in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
+    assert {i.name for i in graph.input} == {"image"}
+    upsampling = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    assert len(upsampling) == 3  # FCN-8s: upscore2, upscore_pool4, upscore8
+    for node in upsampling:
+        kernel = initializers[node.input[1]]
+        group = next(a.i for a in node.attribute if a.name == "group")
+        assert group == 4 and list(kernel.dims[:2]) == [4, 1]
 
 
 def test_int8_calibration_is_a_seeded_sample_fitted_like_inference(data_dir):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from kfcn.cli import main
 from kfcn.errors import DataError, ModelError
 from kfcn.export import export_model, export_tflite
+from kfcn.fitting import fit_uint8
 from kfcn.models import make_info
 
 from .shards import write_shards
@@ -94,3 +95,27 @@ def test_quantize_errors(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 1
     assert "kfcn: error: --quantize int8 needs --calibration-data DIR" in result.output
+
+
+def test_int8_at_a_size_without_in_graph_padding(exported, tmp_path):
+    """At a multiple of 32 the graph pads nothing, so the preprocessing reads the input directly;
+    int8 must still see the image's colours (the classes here differ by colour alone)."""
+    _, data = exported
+    size = (64, 64)  # the 48x64 images fitted: resized region 48x64, mean colour below
+    info = make_info("toy", {"model": {"num_classes": NUM_CLASSES}})
+    files = {
+        quantize: export_tflite(
+            trained_toy(),
+            tmp_path / f"{quantize}.tflite",
+            size,
+            info,
+            quantize=quantize,
+            calibration_data=data if quantize == "int8" else None,
+        )
+        for quantize in ("none", "int8")
+    }
+    samples = write_shards(tmp_path / "val", "val", 8, size=SIZE, num_classes=NUM_CLASSES, seed=12)
+    images = np.stack([fit_uint8(image, size)[0].numpy() for _, image, _ in samples])
+    reference = _masks(files["none"], images)
+    agreement = np.mean(_masks(files["int8"], images) == reference)
+    assert agreement >= AGREEMENT["int8"], f"int8 at 64x64: {agreement:.4f}"

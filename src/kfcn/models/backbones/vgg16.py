@@ -64,6 +64,18 @@ def resolve_widths(widths) -> tuple[int, ...]:
     raise ConfigError(f"model.widths = {widths!r} is not allowed; expected {WIDTHS_ALLOWED}")
 
 
+def to_bgr(images):
+    """(..., 3) RGB -> BGR, as a gather of channels (2, 1, 0).
+
+    Not `flip`: in an int8 TFLite file whose input needs no padding, the calibrated range of
+    the flip's REVERSE_V2 came out as its values and the mean subtraction's together
+    ([-123.7, 255] for 0-255 pixels), so its output got another scale than its input, and
+    REVERSE_V2's int8 kernel copies bytes without rescaling: every pixel reached the network
+    as about 1.5 * v - 123. A gather (GATHER) keeps its input's scale.
+    """
+    return keras.ops.take(images, [2, 1, 0], axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="kfcn")
 class VGGPreprocess(Float32Preprocess):
     """VGG16's input preprocessing: RGB -> BGR, then subtract the ImageNet mean (BGR order).
@@ -79,8 +91,7 @@ class VGGPreprocess(Float32Preprocess):
 
     def call(self, images):
         images = keras.ops.cast(images, "float32")  # (B, H, W, 3) RGB
-        bgr = keras.ops.flip(images, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(self.mean_bgr, "float32")
+        return to_bgr(images) - keras.ops.convert_to_tensor(self.mean_bgr, "float32")
 
 
 CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)
@@ -100,8 +111,7 @@ class CaffePreprocess(Float32Preprocess):
 
     def call(self, images):
         images = keras.ops.cast(images, "float32")  # (B, H, W, 3) RGB
-        bgr = keras.ops.flip(images, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, "float32")
+        return to_bgr(images) - keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, "float32")
 
 
 def vgg16_features(
