@@ -263,3 +263,17 @@ def test_a_stage_from_a_converted_model_keeps_its_topology(converted, tmp_path):
         ConfigError, match=r"model.topology = 'kfcn', but .*fcn8.keras is a model of the 'caffe'"
     ):
         build_stage_model(opts, cfg, path)
+
+
+@pytest.mark.slow
+def test_full_width_fcn8_scores_as_opencv_does(tmp_path):
+    """The published files' own widths (VGG16's, 538 MB): converted, and scored as OpenCV
+    scores the file, at one odd size. Time and memory of this conversion: bench/convert_bench."""
+    widths = (64, 128, 256, 512, 512, 4096, 4096)
+    net = write_caffe_net(tmp_path, "fcn8", widths=widths, classes=21, seed=13)
+    path, info = convert_caffemodel(net.caffemodel, tmp_path / "full.keras")
+    assert info["config"]["model"]["widths"] is None  # VGG16's own: the default
+    model, _ = load_model(path)
+    assert model.get_layer("fc6").kernel.shape == (7, 7, 512, 4096)
+    image = _image(67, 91, seed=13)
+    _agree(predict_logits(model, image), opencv_scores(net, image))
