@@ -281,22 +281,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     show_default=True,
     help="Records per shard.",
 )
-def prepare(
-    sbd_dir,
-    voc_dir,
-    scheme,
-    images,
-    masks,
-    classes,
-    val_fraction,
-    val_list,
-    ignore_index,
-    seed,
-    out_dir,
-    workers,
-    skip_bad,
-    shard_size,
-) -> None:
+def prepare(**options) -> None:
     """Write sharded TFRecords of a train and a val split, from SBD + VOC 2012 (--sbd-dir,
     --voc-dir) or from your own folder of images and masks (--images, --masks).
 
@@ -327,23 +312,7 @@ def prepare(
     """
     from kfcn.data.request import PrepareRequest, prepare_records
 
-    request = PrepareRequest(
-        sbd_dir,
-        voc_dir,
-        out_dir,
-        scheme,
-        images,
-        masks,
-        classes,
-        val_fraction,
-        val_list,
-        ignore_index,
-        seed,
-        workers,
-        skip_bad,
-        shard_size,
-        given=_given(),
-    )
+    request = PrepareRequest(**options, given=_given())
     prepare_records(request, echo=click.echo, warn=_warn, progress=True)
 
 

@@ -24,7 +24,7 @@ DEFAULT_DIRS = (  # (option, its flag in messages, what the directory holds)
 
 @dataclass(frozen=True)
 class PrepareRequest:
-    """The options of `kfcn prepare` (see `kfcn prepare --help`).
+    """The options of `kfcn prepare` (see `kfcn prepare --help`; their defaults are the CLI's).
 
     `given` names the options set on the command line (or by their variables); the others hold
     their defaults. It decides the source: any of `FOLDER_OPTIONS` means your own folder.
@@ -33,17 +33,17 @@ class PrepareRequest:
     sbd_dir: Path
     voc_dir: Path
     out_dir: Path
-    scheme: str = "seed"
-    images: Path | None = None
-    masks: Path | None = None
-    classes: Path | None = None
-    val_fraction: float = 0.1
-    val_list: Path | None = None
-    ignore_index: int | None = None
-    seed: int = 0
-    workers: int | None = None
-    skip_bad: bool = False
-    shard_size: int = 1000
+    scheme: str
+    images: Path | None
+    masks: Path | None
+    classes: Path | None
+    val_fraction: float
+    val_list: Path | None
+    ignore_index: int | None
+    seed: int
+    workers: int | None
+    skip_bad: bool
+    shard_size: int
     given: frozenset[str] = frozenset()
 
 
