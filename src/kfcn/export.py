@@ -404,6 +404,7 @@ def _bind_weights(onnx, graph, weights: dict[str, np.ndarray]) -> None:
     without the zero terms, C times fewer multiplications (it was most of ONNX Runtime's time).
     Only arrays the graph reads are bound.
     """
+    inputs = set(weights)  # the graph inputs that are weights
     consumers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -422,9 +423,9 @@ def _bind_weights(onnx, graph, weights: dict[str, np.ndarray]) -> None:
         kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    inputs = [i for i in graph.input if i.name not in weights and not i.name.startswith("weight_")]
+    images = [i for i in graph.input if i.name not in inputs]
     del graph.input[:]
-    graph.input.extend(inputs)
+    graph.input.extend(images)
     used = {name for node in graph.node for name in node.input}
     for name in [name for name in weights if name in used]:
         graph.initializer.append(onnx.numpy_helper.from_array(weights.pop(name), name))

@@ -359,8 +359,7 @@ class FormatPredictor:
     def _tta_probabilities(self, image: np.ndarray) -> np.ndarray:
         """(h, w, C) mean probabilities over the TTA views of an (h, w, 3) uint8 image."""
         h, w = image.shape[:2]
-        flips = (False, True) if self.tta.flip else (False,)
-        views = [(size, flip) for size in self.tta.view_sizes(h, w) for flip in flips]
+        views = self.tta.views(h, w)
         total = np.zeros((h, w, self.num_classes), np.float64)
         for size, flip in views:
             view = image

@@ -53,6 +53,11 @@ class TTA:
             out["max_side"] = int(self.max_side)
         return out
 
+    def views(self, h: int, w: int) -> list[tuple[tuple[int, int], bool]]:
+        """(size, flip) of every view of an (h, w) image: each of `view_sizes`, then mirrored."""
+        flips = (False, True) if self.flip else (False,)
+        return [(size, flip) for size in self.view_sizes(h, w) for flip in flips]
+
     def view_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
         """The distinct (h', w') of the views of an (h, w) image, in scale order.
 
@@ -159,10 +164,7 @@ class Predictor:
 
     def _views(self, h: int, w: int) -> list[tuple[tuple[int, int], bool]]:
         """(size, flip) of every view of an (h, w) image."""
-        if self.tta is None:
-            return [((h, w), False)]
-        flips = (False, True) if self.tta.flip else (False,)
-        return [(size, flip) for size in self.tta.view_sizes(h, w) for flip in flips]
+        return [((h, w), False)] if self.tta is None else self.tta.views(h, w)
 
     def probabilities(self, image) -> np.ndarray:
         """Average class probabilities of every model on every view of one image.
