@@ -102,7 +102,8 @@ def bench_speed(side: int, tile: int, overlap: float, rounds: int) -> dict:
     image = _photo(side, side)
     whole = Predictor([model])
     tiled = TiledPredictor(whole, tile, overlap)
-    tiled.probabilities(image[:tile, :tile])  # trace the window size
+    whole.batch_probabilities(image[np.newaxis, :tile, :tile])  # trace the window size
+    whole.batch_probabilities(np.stack([image[:tile, :tile]] * 2))  # and a batch of them
     whole.classes([image])  # and the whole image's
     times: dict[str, list[float]] = {"whole": [], "tiled": []}
     for _ in range(rounds):

@@ -169,6 +169,21 @@ def test_saved_model_and_onnx_take_tta_as_the_keras_model(exports, tiny, data_di
     assert "flip on, scales 1.0" in result.output
 
 
+def test_saved_model_and_onnx_take_tiles_as_the_keras_model(exports, tiny, data_dir):
+    path, _, _ = tiny
+    keras_cm = np.asarray(evaluate_model(path, data_dir, "val", tile=32)["confusion_matrix"])
+    plain_cm = np.asarray(evaluate_model(path, data_dir, "val")["confusion_matrix"])
+    assert np.abs(keras_cm - plain_cm).sum() > 0  # the 45x70 images do go by windows
+    files = {"saved_model": exports["saved_model"]}
+    if importlib.util.find_spec("onnxruntime"):
+        files["onnx"] = exports["onnx"]
+    for name, file in files.items():
+        report = evaluate_model(file, data_dir, "val", tile=32)
+        assert report["format"] == name and report["tile"] == {"size": 32, "overlap": 1 / 3}
+        cm = np.asarray(report["confusion_matrix"])
+        assert np.abs(cm - keras_cm).sum() / 2 <= 1e-3 * keras_cm.sum(), name
+
+
 def _error_lines(output: str) -> list[str]:
     """The error lines of a failed command; nothing else but the device line is printed."""
     lines = [line for line in output.strip().splitlines() if not line.startswith("devices:")]

@@ -205,11 +205,11 @@ def test_tta_views_stay_within_max_side(monkeypatch):
 
     seen = []
 
-    def record(model, view):  # stands in for the model: notes each view's size
-        seen.append(tuple(view.shape[:2]))
-        return np.zeros((*view.shape[:2], 2), np.float32)
+    def record(model, views):  # stands in for the model: notes each view's size
+        seen.append(tuple(views.shape[1:3]))
+        return np.zeros((*views.shape[:3], 2), np.float32)
 
-    monkeypatch.setattr(inference, "predict_logits", record)
+    monkeypatch.setattr(inference, "predict_logits_batch", record)
     model = types.SimpleNamespace(output=types.SimpleNamespace(shape=(None, None, None, 2)))
     image = _image(100, 80)  # long side == max_side, as predict leaves a shrunk image
     predictor = Predictor([model], TTA(flip=True, max_side=100))

@@ -100,6 +100,45 @@ def test_tiles_with_tta_and_an_ensemble_average_every_window(tiny):
     assert (got != whole).any()  # the windows do change the answer somewhere
 
 
+class _Recording:
+    """An inner predictor whose probabilities are a function of each pixel's colour alone, so
+    any grouping of the windows into calls must give the same mask; it notes each call's batch."""
+
+    num_classes, input_multiple = 3, 32
+
+    def __init__(self):
+        self.calls = []
+
+    def batch_probabilities(self, crops):
+        self.calls.append(len(crops))
+        logits = np.asarray(crops, np.float64) / 64.0  # (B, h, w, 3): one class per channel
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def test_windows_go_through_the_model_a_few_at_a_time():
+    image = _rgb(200, 333, seed=4)  # 3 bands x 5 windows of 96
+    masks = {}
+    for batch_pixels, calls in [(1, [1] * 15), (2 * 96 * 96, [2, 2, 1] * 3), (10**9, [5] * 3)]:
+        inner = _Recording()
+        masks[batch_pixels] = TiledPredictor(inner, 96, batch_pixels=batch_pixels).classes(
+            [image]
+        )[0]
+        assert inner.calls == calls
+    expected = image.argmax(-1)  # each pixel's largest channel, whatever the windows
+    for mask in masks.values():
+        np.testing.assert_array_equal(mask, expected)
+
+
+def test_batched_window_probabilities_equal_one_window_a_call(tiny):
+    (_, model_a), (_, model_b) = tiny
+    predictor = Predictor([model_a, model_b], TTA(scales=(1.0, 0.75)))
+    crops = np.stack([_rgb(64, 64, seed=s) for s in range(3)])  # (3, 64, 64, 3)
+    batched = predictor.batch_probabilities(crops)
+    for crop, probs in zip(crops, batched, strict=True):
+        np.testing.assert_allclose(probs, predictor.probabilities(crop), atol=1e-5)
+
+
 def test_cli_predict_and_evaluate_with_tiles_tta_and_ensemble(tiny, tmp_path):
     (path_a, model_a), (path_b, model_b) = tiny
     image = _rgb(97, 130, seed=3)

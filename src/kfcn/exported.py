@@ -308,8 +308,9 @@ def _uint8(image) -> np.ndarray:
 class FormatPredictor:
     """Class indices from an exported model, or from any model fitted to one size.
 
-    It offers what `kfcn evaluate` and `kfcn predict` use of `kfcn.inference.Predictor`:
-    `classes`, `num_classes` and `describe`.
+    It offers what `kfcn evaluate`, `kfcn predict` and `kfcn.tiling` use of
+    `kfcn.inference.Predictor`: `classes`, `probabilities`, `batch_probabilities`,
+    `num_classes` and `describe`.
 
     Args:
         segment: runs the model on one uint8 image (see `Segment`).
@@ -351,10 +352,23 @@ class FormatPredictor:
             if mask is None:
                 mask = np.argmax(probabilities, axis=-1)
             return np.asarray(mask, np.uint8)
+        return self.probabilities(image).argmax(-1).astype(np.uint8)
+
+    def probabilities(self, image) -> np.ndarray:
+        """(h, w, C) float32 class probabilities of one (h, w, 3) image (its TTA views' mean)."""
+        image = _uint8(image)
+        if self.tta is not None:
+            return self._tta_probabilities(image)
+        if self.size is None:
+            return np.asarray(self.segment(image)[1], np.float32)
         fitted, hw = fit_uint8(image, self.size)  # (H, W, 3) uint8, resized (h', w')
         _, probabilities = self.segment(fitted.numpy())
         probabilities = unfit_probabilities(probabilities, hw, image.shape[:2])  # (h, w, C)
-        return tf.argmax(probabilities, axis=-1).numpy().astype(np.uint8)
+        return np.asarray(probabilities, np.float32)
+
+    def batch_probabilities(self, images) -> np.ndarray:
+        """(B, h, w, C) `probabilities` of same-sized images (an exported file takes one)."""
+        return np.stack([self.probabilities(image) for image in images])
 
     def _tta_probabilities(self, image: np.ndarray) -> np.ndarray:
         """(h, w, C) mean probabilities over the TTA views of an (h, w, 3) uint8 image."""

@@ -29,7 +29,7 @@ import tensorflow as tf
 from kfcn.devices import cpu_has_bfloat16, precision_problem, visible_gpus
 from kfcn.errors import ConfigError, ModelError
 from kfcn.models.io import PRECISIONS, model_precision, with_precision
-from kfcn.padding import input_multiple, predict_classes, predict_logits
+from kfcn.padding import input_multiple, predict_classes, predict_logits_batch
 
 DEFAULT_SCALES = (0.75, 1.0, 1.25)
 
@@ -175,19 +175,30 @@ class Predictor:
         Returns:
             (H, W, C) float32 probabilities, summing to 1 over C.
         """
-        image = tf.cast(tf.convert_to_tensor(image), tf.float32)  # (H, W, 3)
-        h, w = int(image.shape[0]), int(image.shape[1])
-        total = np.zeros((h, w, self.num_classes), np.float64)
+        return self.batch_probabilities(tf.convert_to_tensor(image)[tf.newaxis])[0]
+
+    def batch_probabilities(self, images) -> np.ndarray:
+        """`probabilities` of same-sized images, each model run once per view on the batch.
+
+        Args:
+            images: (B, H, W, 3) RGB in 0-255, any real or integer dtype.
+
+        Returns:
+            (B, H, W, C) float32 probabilities, summing to 1 over C.
+        """
+        images = tf.cast(tf.convert_to_tensor(images), tf.float32)  # (B, H, W, 3)
+        b, h, w = (int(n) for n in images.shape[:3])
+        total = np.zeros((b, h, w, self.num_classes), np.float64)
         views = self._views(h, w)
         for size, flip in views:
-            view = image if size == (h, w) else tf.image.resize(image, size, method="bilinear")
+            view = images if size == (h, w) else tf.image.resize(images, size, method="bilinear")
             if flip:
-                view = view[:, ::-1]
+                view = view[:, :, ::-1]
             for model in self.models:
-                logits = predict_logits(model, view)  # (h', w', C)
-                probs = tf.nn.softmax(logits[:, ::-1] if flip else logits)
+                logits = predict_logits_batch(model, view)  # (B, h', w', C)
+                probs = tf.nn.softmax(logits[:, :, ::-1] if flip else logits)
                 if size != (h, w):
-                    probs = tf.image.resize(probs, (h, w), method="bilinear")  # (H, W, C)
+                    probs = tf.image.resize(probs, (h, w), method="bilinear")  # (B, H, W, C)
                 total += np.asarray(probs, np.float64)
         return (total / (len(views) * len(self.models))).astype(np.float32)
 

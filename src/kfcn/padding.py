@@ -219,6 +219,25 @@ def predict_logits(model, image) -> np.ndarray:
     return np.asarray(crop_to(logits, hw))
 
 
+def predict_logits_batch(model, images) -> np.ndarray:
+    """Run an FCN model on a batch of same-sized images in one call.
+
+    Args:
+        model: a model from `kfcn.models.build_fcn` or `kfcn.models.load_model`.
+        images: (B, H, W, 3) RGB in 0-255 (NumPy array or tensor, any real or integer dtype).
+
+    Returns:
+        (B, H, W, C) float32 NumPy logits for the original pixels. On CPU a batched call may
+        round differently from single-image calls in the last bit (see `predict_classes`).
+    """
+    padded, hw = pad_image(images, input_multiple(model))
+    if padded.shape.rank != 4:
+        raise ValueError(
+            f"predict_logits_batch expects (B, H, W, 3) images; got shape {padded.shape}"
+        )
+    return np.asarray(crop_to(_forward(model)(padded), hw))  # (B, H, W, C)
+
+
 def predict_classes(model, images: Sequence) -> list[np.ndarray]:
     """Predicted class indices for images that share a padded size, in one model call.
 
