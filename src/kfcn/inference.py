@@ -188,8 +188,9 @@ class Predictor:
         """
         images = tf.cast(tf.convert_to_tensor(images), tf.float32)  # (B, H, W, 3)
         b, h, w = (int(n) for n in images.shape[:3])
-        total = np.zeros((b, h, w, self.num_classes), np.float64)
         views = self._views(h, w)
+        runs = len(views) * len(self.models)
+        total = None  # (B, H, W, C) float64 sum over views and models, when there are several
         for size, flip in views:
             view = images if size == (h, w) else tf.image.resize(images, size, method="bilinear")
             if flip:
@@ -199,8 +200,14 @@ class Predictor:
                 probs = tf.nn.softmax(logits[:, :, ::-1] if flip else logits)
                 if size != (h, w):
                     probs = tf.image.resize(probs, (h, w), method="bilinear")  # (B, H, W, C)
-                total += np.asarray(probs, np.float64)
-        return (total / (len(views) * len(self.models))).astype(np.float32)
+                probs = np.asarray(probs, np.float32)
+                if runs == 1:
+                    return probs
+                if total is None:
+                    total = np.zeros((b, h, w, self.num_classes), np.float64)
+                np.add(total, probs, out=total)  # in place: no float64 copy of each view
+        total /= runs
+        return total.astype(np.float32)
 
     def classes(self, images: Sequence) -> list[np.ndarray]:
         """Class indices for images; without TTA and ensemble, exactly `predict_classes`.
