@@ -121,9 +121,8 @@ def test_windows_go_through_the_model_a_few_at_a_time():
     masks = {}
     for batch_pixels, calls in [(1, [1] * 15), (2 * 96 * 96, [2, 2, 1] * 3), (10**9, [5] * 3)]:
         inner = _Recording()
-        masks[batch_pixels] = TiledPredictor(inner, 96, batch_pixels=batch_pixels).classes(
-            [image]
-        )[0]
+        tiled = TiledPredictor(inner, 96, batch_pixels=batch_pixels)
+        masks[batch_pixels] = tiled.classes([image])[0]
         assert inner.calls == calls
     expected = image.argmax(-1)  # each pixel's largest channel, whatever the windows
     for mask in masks.values():
