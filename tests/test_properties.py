@@ -341,7 +341,7 @@ def _pointwise_model(num_classes: int):
 def test_tta_unflips_random_logits_exactly(h, w, c, seed):
     model, logits = _pointwise_model(c)
     image = np.random.default_rng(seed).uniform(0, 255, (h, w, 3)).astype(np.float32)
-    with mock.patch.object(inference, "predict_logits", logits):
+    with mock.patch.object(inference, "predict_logits_batch", logits):
         plain = tf.nn.softmax(logits(model, image)).numpy()
         flipped = Predictor([model], TTA(flip=True, scales=(1.0,))).probabilities(image)
     np.testing.assert_allclose(flipped, plain, atol=1e-6)
@@ -364,7 +364,7 @@ def test_tta_scales_come_back_to_the_image_size(h, w, scales, colour, max_side):
     if max_side is not None:
         assume(max(h, w) <= max_side)  # predict shrinks the image to max_side first
         assert max(max(size) for size in tta.view_sizes(h, w)) <= max_side
-    with mock.patch.object(inference, "predict_logits", logits):
+    with mock.patch.object(inference, "predict_logits_batch", logits):
         plain = tf.nn.softmax(logits(model, image)).numpy()
         averaged = Predictor([model], tta).probabilities(image)
     assert averaged.shape == (h, w, 3)
