@@ -15,10 +15,17 @@ from kfcn.cli import main
 from kfcn.data.records import decode_example, list_shards
 from kfcn.errors import ModelError
 from kfcn.evaluate import evaluate_model
-from kfcn.export import calibration_images, calibration_positions, export_model
+from kfcn.export import (
+    ONNX_OPSET,
+    _as_resize,
+    calibration_images,
+    calibration_positions,
+    export_model,
+)
 from kfcn.exported import load_exported, model_format, tflite_metadata
 from kfcn.fitting import fit_image, fit_uint8, fitted_size, unfit_probabilities
 from kfcn.inference import TTA
+from kfcn.models.fcn import bilinear_kernel
 from kfcn.padding import IMAGENET_MEAN_RGB, predict_classes
 from kfcn.predict import predict_images
 
@@ -220,19 +227,68 @@ def test_predict_onnx_masks_equal_keras_on_an_odd_size(exports, tiny, tmp_path):
 
 
 def test_onnx_weights_are_bound_in_onnx_layout(exports):
-    """No Transpose is left on a weight, and the bilinear upsampling (which mixes no channels)
-    runs per channel; the masks stay the Keras model's (the scoring tests)."""
+    """No Transpose is left on a weight, and the fixed bilinear upsampling runs as Resize; the
+    masks stay the Keras model's (the scoring tests)."""
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(str(_onnx(exports))).graph
     initializers = {i.name: i for i in graph.initializer}
     assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
     assert {i.name for i in graph.input} == {"image"}
-    upsampling = [n for n in graph.node if n.op_type == "ConvTranspose"]
-    assert len(upsampling) == 3  # FCN-8s: upscore2, upscore_pool4, upscore8
-    for node in upsampling:
-        kernel = initializers[node.input[1]]
-        group = next(a.i for a in node.attribute if a.name == "group")
-        assert group == 4 and list(kernel.dims[:2]) == [4, 1]
+    assert not [n for n in graph.node if n.op_type == "ConvTranspose"]
+    resizes = [n for n in graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 3  # FCN-8s: upscore2, upscore_pool4, upscore8
+    factors = sorted(int(onnx.numpy_helper.to_array(initializers[n.input[2]])[2]) for n in resizes)
+    assert factors == [2, 2, 8]
+
+
+def _transposed_convolution(onnx, kernel: np.ndarray, stride: int):
+    """A one-node ONNX graph: ConvTranspose of x (1, C, h, w) with `kernel` (C, C, k, k)."""
+    helper = onnx.helper
+    node = helper.make_node(
+        "ConvTranspose",
+        ["x", "w"],
+        ["y"],
+        name="up",
+        strides=[stride, stride],
+        kernel_shape=list(kernel.shape[2:]),
+    )
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, kernel.shape[0], None, None])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+
+
+@pytest.mark.parametrize("factor", [2, 8, 32])
+def test_bilinear_transposed_convolution_as_resize_gives_its_values(factor):
+    """The Resize that replaces a bilinear ConvTranspose gives its values at every output pixel,
+    the borders (zeros beyond the input) included; a learned kernel stays a convolution."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    channels = 3
+    kernel = np.ascontiguousarray(bilinear_kernel(2 * factor, channels).transpose(2, 3, 0, 1))
+    x = np.random.default_rng(factor).normal(0, 5, (1, channels, 5, 7)).astype(np.float32)
+    results = {}
+    for name, rewrite in (("convolution", False), ("resize", True)):
+        model = _transposed_convolution(onnx, kernel, factor)
+        weights = {"w": kernel.copy()}
+        nodes = _as_resize(onnx, model.graph.node[0], weights) if rewrite else None
+        if rewrite:
+            assert [n.op_type for n in nodes] == ["Pad", "Resize", "Slice"]
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
+            del weights["w"]
+        for key, value in weights.items():
+            model.graph.initializer.append(onnx.numpy_helper.from_array(value, key))
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        results[name] = session.run(None, {"x": x})[0]
+    assert results["resize"].shape == results["convolution"].shape == (1, 3, 6 * factor, 8 * factor)
+    np.testing.assert_allclose(results["resize"], results["convolution"], rtol=0, atol=1e-4)
+    learned = kernel.copy()
+    learned[0, 0, 0, 0] += 0.1
+    model = _transposed_convolution(onnx, learned, factor)
+    assert _as_resize(onnx, model.graph.node[0], {"w": learned}) is None
 
 
 def test_int8_calibration_is_a_seeded_sample_fitted_like_inference(data_dir):
