@@ -262,7 +262,7 @@ def _load_onnx(path: Path) -> Exported:
     options.log_severity_level = 3  # errors only: its warnings are not the user's business
     # On a host whose cores other jobs share, spinning workers and equal-sized blocks per thread
     # left ONNX Runtime waiting on its slowest thread (1.9-2.4x the SavedModel's time, against
-    # 1.8 with these two; on an idle host it ran ahead of the SavedModel either way).
+    # 1.8 with these two). README, "Export formats compared", has the figures on a quiet host.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.dynamic_block_base", "4")
     try:
