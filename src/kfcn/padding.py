@@ -94,13 +94,16 @@ def pad_image_to(image: tf.Tensor, height, width) -> tf.Tensor:
     pad_h = tf.maximum(tf.cast(height, tf.int32) - shape[rank - 3], 0)
     pad_w = tf.maximum(tf.cast(width, tf.int32) - shape[rank - 2], 0)
     paddings = _bottom_right(rank, rank - 3, pad_h, pad_w)
-    # Select rather than add/subtract the mean, so the original pixels stay bit-identical. The
-    # mask is built from the shape (no strided slice with an ellipsis), which keeps the graph
-    # plain for converters such as tf2onnx.
-    ones = tf.ones(tf.concat([shape[:-1], [1]], axis=0), tf.bool)  # (..., H, W, 1)
-    inside = tf.pad(ones, paddings, constant_values=False)
-    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)  # (3,)
-    return tf.where(inside, tf.pad(image, paddings), mean)  # (..., H', W', 3)
+    # Each channel padded with its own mean value: the original pixels stay bit-identical (no
+    # mean added and subtracted), and the graph stays plain for converters such as tf2onnx (a
+    # split, three pads and a concat; a select against a padded mask cost ONNX Runtime two
+    # full-image multiplications).
+    channels = tf.split(image, 3, axis=-1)  # 3 x (..., H, W, 1)
+    padded = [
+        tf.pad(channel, paddings, constant_values=mean)
+        for channel, mean in zip(channels, IMAGENET_MEAN_RGB, strict=True)
+    ]
+    return tf.concat(padded, axis=-1)  # (..., H', W', 3)
 
 
 def pad_label_to(label: tf.Tensor, height, width) -> tf.Tensor:
