@@ -100,3 +100,20 @@ def test_run_all_at_toy_sizes_writes_every_section(tmp_path):
     _positive_spread(prep["throughput"]["images_per_s"])
     (rss,) = prep["rss"]
     assert rss["images"] >= 6 and rss["main_peak_rss_mib"] > 0
+
+
+def test_onnx_latency_bench_times_both_formats(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from bench import onnx_latency_bench
+
+    out = tmp_path / "onnx.json"
+    onnx_latency_bench.main(
+        ["--widths", "small", "--variant", "fcn32", "--size", "64x96", "--repeats", "2"]
+        + ["--out", str(out)]
+    )
+    result = json.loads(out.read_text())
+    assert set(result["latency_ms"]) == {"SavedModel", "ONNX"}
+    assert all(ms > 0 for ms in result["latency_ms"].values())
+    ratio = result["latency_ms"]["ONNX"] / result["latency_ms"]["SavedModel"]
+    assert result["onnx_vs_saved_model_latency"] == pytest.approx(ratio)
+    assert result["size"] == "64x96" and result["backbone"] == "vgg16"
