@@ -23,19 +23,16 @@ from bench.format_bench import _latencies
 
 
 def run(args) -> dict:
+    from kfcn.config import Config
     from kfcn.export import export_onnx, export_saved_model, parse_size
     from kfcn.exported import load_exported
-    from kfcn.models.fcn import build_fcn
-    from kfcn.palette import VOC_CLASSES, voc_colormap
+    from kfcn.models import build_fcn, make_info
 
     size = parse_size(args.size)
     widths = None if args.widths == "full" else args.widths
-    model = build_fcn(args.variant, 21, args.backbone, backbone_weights="none", widths=widths)
-    info = {
-        "variant": args.variant,
-        "class_names": list(VOC_CLASSES),
-        "palette": voc_colormap(21).tolist(),
-    }
+    info = make_info(args.variant, Config())  # the VOC classes, names and colours
+    classes = len(info["class_names"])
+    model = build_fcn(args.variant, classes, args.backbone, backbone_weights="none", widths=widths)
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="onnx-latency-") as tmp:
         files = {
