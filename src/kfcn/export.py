@@ -518,9 +518,8 @@ def _as_resize(onnx, node, weights: dict[str, np.ndarray]) -> list | None:
 def _per_channel(onnx, node, weights: dict[str, np.ndarray]) -> None:
     """Make `node` (ConvTranspose, kernel (C, C, kh, kw)) per-channel when it mixes no channels."""
     kernel = weights[node.input[1]]  # (C_in, C_out, kh, kw)
-    groups = [a.i for a in node.attribute if a.name == "group"]
     channels = kernel.shape[0]
-    if groups not in ([], [1]) or kernel.shape[1] != channels or channels == 1:
+    if _attributes(onnx, node).get("group", 1) != 1 or kernel.shape[1] != channels or channels == 1:
         return
     diagonal = kernel[np.arange(channels), np.arange(channels)]  # (C, kh, kw)
     off = kernel.copy()
