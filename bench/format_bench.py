@@ -10,7 +10,8 @@ scored on the val split with `kfcn.evaluate.evaluate_model`, as `kfcn evaluate -
 scores it; the `.keras` model twice: at each image's size (the baseline of the SavedModel and
 ONNX files) and fitted to `--size` (`--size`, the baseline of the TFLite files). Latency is the
 median wall time of one call on one `--size` image (the first val image fitted to it), after a
-warm-up, all formats in one process, alternating; ONNX Runtime's ratio to the SavedModel is
+warm-up, all formats in one process, alternating (the order turning each round, a pause
+before each call); ONNX Runtime's ratio to the SavedModel is
 measured in the same run. The markdown table names the CPU.
 """
 
@@ -67,14 +68,23 @@ def _segments(keras_file: Path, files: dict, size):
     return runners, loaded
 
 
+REST_S = 0.1
+"""Pause before each timed call: a runtime's worker threads keep spinning for a while after a
+call, and on a small host they would take the cores of the next format's call."""
+
+
 def _latencies(runners: dict, image: np.ndarray, repeats: int) -> dict[str, float]:
     for run in runners.values():  # warm-up: graph tracing, allocation
         run(image)
+    names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():  # alternating, so drifts of the host hit all alike
+    for i in range(repeats):
+        # Alternating, so drifts of the host hit all alike; the order turns each round, so
+        # no format always follows the same other one.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            time.sleep(REST_S)
             start = time.perf_counter()
-            run(image)
+            runners[name](image)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 

@@ -277,3 +277,35 @@ def test_full_width_fcn8_scores_as_opencv_does(tmp_path):
     assert model.get_layer("fc6").kernel.shape == (7, 7, 512, 4096)
     image = _image(67, 91, seed=13)
     _agree(predict_logits(model, image), opencv_scores(net, image))
+
+
+def test_onnx_export_of_a_converted_model(converted, tmp_path):
+    """The Caffe topology (unpadded transposed convolutions, then crops) exports to ONNX with the
+    Keras model's probabilities: with its learned upsampling (kept as ConvTranspose) and with
+    bilinear upsampling (run as Resize, whose crop is then the Caffe crops' alone)."""
+    pytest.importorskip("onnxruntime")
+    import keras
+    import onnx
+    import tensorflow as tf
+
+    from kfcn.export import export_onnx
+    from kfcn.exported import load_exported
+    from kfcn.models.fcn import bilinear_kernel
+
+    _, path, _ = converted
+    model, info = load_model(path)
+    image = _image(37, 59, seed=4)
+    for name in ("learned", "bilinear"):
+        if name == "bilinear":
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.Conv2DTranspose):
+                    size, _, channels, _ = layer.kernel.shape
+                    layer.kernel.assign(bilinear_kernel(size, channels))
+        out = export_onnx(model, tmp_path / f"{name}.onnx", info)
+        mask, probabilities = load_exported(out).segment(image)
+        expected = tf.nn.softmax(predict_logits(model, image)).numpy()
+        assert probabilities.shape == expected.shape == (37, 59, 5)
+        np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-4, err_msg=name)
+        assert (mask == expected.argmax(-1)).mean() >= 0.9999, name
+        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+        assert ops.count("Resize" if name == "bilinear" else "ConvTranspose") == 3

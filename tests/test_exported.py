@@ -227,8 +227,9 @@ def test_predict_onnx_masks_equal_keras_on_an_odd_size(exports, tiny, tmp_path):
 
 
 def test_onnx_weights_are_bound_in_onnx_layout(exports):
-    """No Transpose is left on a weight, and the fixed bilinear upsampling runs as Resize; the
-    masks stay the Keras model's (the scoring tests)."""
+    """No Transpose is left on a weight, and the fixed bilinear upsampling runs as Resize, cropped
+    to TF's "same" size by one Slice (not tf2onnx's crop and zero Pad computed from shapes); the
+    masks stay the Keras model's (the scoring tests, on images of other sizes than the padded)."""
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(str(_onnx(exports))).graph
     initializers = {i.name: i for i in graph.initializer}
@@ -239,6 +240,24 @@ def test_onnx_weights_are_bound_in_onnx_layout(exports):
     assert len(resizes) == 3  # FCN-8s: upscore2, upscore_pool4, upscore8
     factors = sorted(int(onnx.numpy_helper.to_array(initializers[n.input[2]])[2]) for n in resizes)
     assert factors == [2, 2, 8]
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for resize in resizes:
+        (crop,) = readers[resize.output[0]]
+        assert crop.op_type == "Slice"
+        factor = int(onnx.numpy_helper.to_array(initializers[resize.input[2]])[2])
+        assert list(onnx.numpy_helper.to_array(initializers[crop.input[1]])) == [factor] * 2
+        assert "Pad" not in [n.op_type for n in readers[crop.output[0]]]
+    # The crop to the image's size is the last upsampling's Slice: Resize -> Slice -> Transpose
+    # (NCHW -> NHWC) -> Squeeze -> Softmax, no other full-size copy.
+    writer = {name: node for node in graph.node for name in node.output}
+    chain, node = [], next(n for n in graph.node if n.op_type == "Softmax")
+    while node.op_type != "Resize":
+        chain.append(node.op_type)
+        node = writer[node.input[0]]
+    assert chain == ["Softmax", "Squeeze", "Transpose", "Slice"]
 
 
 def _transposed_convolution(onnx, kernel: np.ndarray, stride: int):
@@ -261,7 +280,8 @@ def _transposed_convolution(onnx, kernel: np.ndarray, stride: int):
 @pytest.mark.parametrize("factor", [2, 8, 32])
 def test_bilinear_transposed_convolution_as_resize_gives_its_values(factor):
     """The Resize that replaces a bilinear ConvTranspose gives its values at every output pixel,
-    the borders (zeros beyond the input) included; a learned kernel stays a convolution."""
+    the borders (zeros beyond the input) included, and with `same` also TF's "same" output (its
+    n * f values from f/2 on); a learned kernel stays a convolution."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     channels = 3
@@ -271,20 +291,28 @@ def test_bilinear_transposed_convolution_as_resize_gives_its_values(factor):
     for name, rewrite in (("convolution", False), ("resize", True)):
         model = _transposed_convolution(onnx, kernel, factor)
         weights = {"w": kernel.copy()}
-        nodes = _as_resize(onnx, model.graph.node[0], weights) if rewrite else None
         if rewrite:
-            assert [n.op_type for n in nodes] == ["Pad", "Resize", "Slice"]
+            nodes = _as_resize(onnx, model.graph.node[0], weights, same="same")
+            assert [n.op_type for n in nodes] == ["Pad", "Resize", "Slice", "Slice"]
             del model.graph.node[:]
             model.graph.node.extend(nodes)
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info("same", onnx.TensorProto.FLOAT, None)
+            )
             del weights["w"]
         for key, value in weights.items():
             model.graph.initializer.append(onnx.numpy_helper.from_array(value, key))
         session = ort.InferenceSession(
             model.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-        results[name] = session.run(None, {"x": x})[0]
-    assert results["resize"].shape == results["convolution"].shape == (1, 3, 6 * factor, 8 * factor)
-    np.testing.assert_allclose(results["resize"], results["convolution"], rtol=0, atol=1e-4)
+        results[name] = session.run(None, {"x": x})
+    (convolution,), (resize, same) = results["convolution"], results["resize"]
+    assert resize.shape == convolution.shape == (1, 3, 6 * factor, 8 * factor)
+    np.testing.assert_allclose(resize, convolution, rtol=0, atol=1e-4)
+    half = factor // 2
+    expected = convolution[:, :, half : half + 5 * factor, half : half + 7 * factor]
+    assert same.shape == expected.shape
+    np.testing.assert_allclose(same, expected, rtol=0, atol=1e-4)
     learned = kernel.copy()
     learned[0, 0, 0, 0] += 0.1
     model = _transposed_convolution(onnx, learned, factor)

@@ -76,13 +76,13 @@ def _segment(model: keras.Model, image: tf.Tensor, weights=None) -> dict[str, tf
     """
     padded, hw = pad_image(image, input_multiple(model))  # (H', W', 3) float32, (2,) int32
     if weights is None:
-        logits = model(padded[tf.newaxis], training=False)[0]  # (H', W', C)
+        logits = model(padded[tf.newaxis], training=False)  # (1, H', W', C)
     else:
         n = len(model.trainable_variables)
         trainable, non_trainable = list(weights[:n]), list(weights[n:])
         logits, _ = model.stateless_call(trainable, non_trainable, padded[tf.newaxis])
-        logits = logits[0]
-    logits = crop_to(tf.cast(logits, tf.float32), hw)  # (H, W, C)
+    # Crop, then drop the batch axis: one slice of the full-size logits instead of two copies.
+    logits = tf.squeeze(crop_to(tf.cast(logits, tf.float32), hw), 0)  # (H, W, C)
     mask = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (H, W)
     return {"mask": tf.cast(mask, tf.uint8), "probabilities": tf.nn.softmax(logits)}
 
@@ -377,8 +377,9 @@ def export_onnx(model: keras.Model, out: str | Path, info: dict | None = None) -
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{out}: ONNX conversion failed ({reason})") from None
     weights = {name: v.numpy() for v, name in zip(variables, names, strict=True)}
-    _bind_weights(onnx, proto.graph, weights)
+    _bind_weights(onnx, proto.graph, weights, _transposed_paddings(model, variables, names))
     del weights
+    _crop_in_upsampling(onnx, proto.graph)
     meta = json.loads(_info_json(info))
     for key, value in meta.items():
         proto.metadata_props.append(
@@ -397,7 +398,18 @@ def export_onnx(model: keras.Model, out: str | Path, info: dict | None = None) -
     return out
 
 
-def _bind_weights(onnx, graph, weights: dict[str, np.ndarray]) -> None:
+def _transposed_paddings(model: keras.Model, variables: list, names: list[str]) -> dict[str, str]:
+    """Weight input name -> Keras padding ("same" or "valid") of each transposed convolution's
+    kernel."""
+    name_of = {id(v): name for v, name in zip(variables, names, strict=True)}
+    return {
+        name_of[id(layer.kernel)]: layer.padding
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2DTranspose) and id(layer.kernel) in name_of
+    }
+
+
+def _bind_weights(onnx, graph, weights: dict[str, np.ndarray], paddings=None) -> None:
     """Turn the weight inputs of a converted graph into initializers, in ONNX's layout.
 
     tf2onnx sees the weights as inputs, so it leaves a `Transpose` (TF's HWIO -> ONNX's OIHW)
@@ -407,37 +419,128 @@ def _bind_weights(onnx, graph, weights: dict[str, np.ndarray]) -> None:
     off-diagonal slice zero) becomes a per-channel one (`group` = channels): the same sums
     without the zero terms. ONNX Runtime's transposed convolution was a quarter of its time on
     the FCN-8s; its `Resize` does the same interpolation several times faster.
-    Only arrays the graph reads are bound.
+    `paddings` (weight input name -> "same" or "valid") names the Keras padding of each
+    transposed convolution's kernel: a "same" one is cropped by tf2onnx with a Slice and a Pad
+    computed from shapes at run time, which `_as_resize`'s own crop then replaces.
+    Nodes whose outputs nothing reads any more are dropped; only arrays the graph reads are
+    bound.
     """
+    paddings = paddings or {}
     inputs = set(weights)  # the graph inputs that are weights
-    consumers: dict[str, int] = {}
+    origin = {name: name for name in weights}  # array -> the weight input it came from
+    readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    kept = []
+            readers.setdefault(name, []).append(node)
+    unread = {name: len(nodes) for name, nodes in readers.items()}  # to free arrays early
+    kept, replaced = [], set()
     for node in graph.node:
+        if id(node) in replaced:
+            continue
         if node.op_type == "Transpose" and node.input[0] in weights:
             perm = next(list(a.ints) for a in node.attribute if a.name == "perm")
             weights[node.output[0]] = np.ascontiguousarray(weights[node.input[0]].transpose(perm))
-            consumers[node.input[0]] -= 1
-            if not consumers[node.input[0]]:
+            origin[node.output[0]] = origin[node.input[0]]
+            unread[node.input[0]] -= 1
+            if not unread[node.input[0]]:
                 del weights[node.input[0]]
             continue
         if node.op_type == "ConvTranspose" and node.input[1] in weights:
-            resize = _as_resize(onnx, node, weights)
+            crop = None
+            if paddings.get(origin[node.input[1]]) == "same":
+                crop = _same_crop(node, readers)
+            resize = _as_resize(onnx, node, weights, crop[1].output[0] if crop else None)
             if resize:
                 kept.extend(resize)
+                replaced.update(id(n) for n in crop or ())
                 continue
             _per_channel(onnx, node, weights)
         kept.append(node)
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(_live(kept, {o.name for o in graph.output}))
     images = [i for i in graph.input if i.name not in inputs]
     del graph.input[:]
     graph.input.extend(images)
     used = {name for node in graph.node for name in node.input}
     for name in [name for name in weights if name in used]:
         graph.initializer.append(onnx.numpy_helper.from_array(weights.pop(name), name))
+    weights.clear()
+
+
+def _live(nodes: list, outputs: set[str]) -> list:
+    """`nodes` (in topological order) without those whose outputs nothing reads."""
+    needed, live = set(outputs), []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output):
+            live.append(node)
+            needed.update(node.input)
+    return live[::-1]
+
+
+def _same_crop(node, readers: dict[str, list]):
+    """(Slice, Pad): how tf2onnx crops `node`'s output (a ConvTranspose of TF's "same" padding)
+    to TF's size: a Slice, the only reader besides the Shape nodes that compute its bounds,
+    then a Pad (of zero width) reading only that. None when the graph is not so."""
+    users = [n for n in readers.get(node.output[0], []) if n.op_type != "Shape"]
+    if len(users) != 1 or users[0].op_type != "Slice":
+        return None
+    pads = readers.get(users[0].output[0], [])
+    if len(pads) != 1 or pads[0].op_type != "Pad":
+        return None
+    return users[0], pads[0]
+
+
+def _crop_in_upsampling(onnx, graph) -> None:
+    """Crop the logits to the image's size in the last upsampling's own Slice.
+
+    `_segment` crops the padded logits to the image: after the last upsampling (`_as_resize`'s
+    "same" Slice, NCHW) tf2onnx writes a Transpose to NHWC and a Slice from zero to the image's
+    size, which the padded logits always hold. Those bounds (plus the Resize's offset f) go to
+    the upsampling's Slice, and the Transpose writes the cropped tensor: one full-size copy
+    fewer. A graph not so is left as it is.
+    """
+    constants = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def only_reader(name: str, op_type: str):
+        nodes = readers.get(name, [])
+        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+
+    upsampling = [n for n in graph.node if n.name.endswith("/same_slice")]
+    if not upsampling:
+        return
+    same = upsampling[-1]
+    transpose = only_reader(same.output[0], "Transpose")
+    crop = transpose and only_reader(transpose.output[0], "Slice")
+    if not crop or _attributes(onnx, transpose).get("perm") != [0, 2, 3, 1] or len(crop.input) != 3:
+        return
+    starts = constants.get(crop.input[1])
+    if starts is None or np.any(onnx.numpy_helper.to_array(starts)):
+        return
+    offset = onnx.numpy_helper.to_array(constants[same.input[1]])  # (2,): f, f
+    prefix = same.name
+    extra = {
+        f"{prefix}/crop_from": np.array([1], np.int64),  # H, W in the NHWC bounds
+        f"{prefix}/crop_to": np.array([3], np.int64),
+        f"{prefix}/crop_offset": offset.astype(np.int64),
+    }
+    graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in extra.items())
+    hw, hw64, ends = (f"{prefix}/crop_{key}" for key in ("hw", "hw64", "ends"))
+    make = onnx.helper.make_node
+    bounds = [
+        make("Slice", [crop.input[2], *list(extra)[:2]], [hw], name=hw),
+        make("Cast", [hw], [hw64], name=hw64, to=onnx.TensorProto.INT64),
+        make("Add", [hw64, f"{prefix}/crop_offset"], [ends], name=ends),
+    ]
+    same.input[2] = ends
+    transpose.output[0] = crop.output[0]
+    nodes = [n for n in graph.node if n is not crop]
+    at = next(i for i, n in enumerate(nodes) if n is same)
+    del graph.node[:]
+    graph.node.extend(nodes[:at] + bounds + nodes[at:])
 
 
 def _attributes(onnx, node) -> dict:
@@ -471,7 +574,7 @@ def _bilinear_factor(onnx, node, kernel: np.ndarray) -> int | None:
     return factor if np.allclose(kernel, expected, rtol=0, atol=1e-6) else None
 
 
-def _as_resize(onnx, node, weights: dict[str, np.ndarray]) -> list | None:
+def _as_resize(onnx, node, weights: dict[str, np.ndarray], same: str | None = None) -> list | None:
     """`node` (bilinear ConvTranspose, x`f`) as Pad -> Resize -> Slice nodes, or None.
 
     The transposed convolution places input pixel j at output coordinate j*f + f - 1/2 and
@@ -479,6 +582,11 @@ def _as_resize(onnx, node, weights: dict[str, np.ndarray]) -> list | None:
     (linear, half-pixel centres) of the input with one row and column of zeros around it,
     whose (n + 2) * f outputs hold the transposed convolution's (n + 1) * f from f/2 on. The
     same sums, so the same values up to float rounding.
+
+    With `same` (a tensor name), a second Slice writes it: TF's "same" output, the n * f
+    values from f/2 on of the transposed convolution's, that is from f on of the Resize's.
+    The first Slice (the transposed convolution's own output) stays for readers of its shape
+    (`_live` drops it when there are none).
     """
     factor = _bilinear_factor(onnx, node, weights[node.input[1]])
     if factor is None:
@@ -489,6 +597,8 @@ def _as_resize(onnx, node, weights: dict[str, np.ndarray]) -> list | None:
         "scales": np.array([1, 1, factor, factor], np.float32),
         "starts": np.array([half, half], np.int64),
         "ends": np.array([-half, -half], np.int64),
+        "same_starts": np.array([factor, factor], np.int64),
+        "same_ends": np.array([-factor, -factor], np.int64),
         "axes": np.array([2, 3], np.int64),
     }
     names = {key: f"{prefix}/resize_{key}" for key in constants}
@@ -496,7 +606,7 @@ def _as_resize(onnx, node, weights: dict[str, np.ndarray]) -> list | None:
         weights[names[key]] = value
     padded, resized = f"{prefix}/zero_border", f"{prefix}/resized"
     make = onnx.helper.make_node
-    return [
+    nodes = [
         make("Pad", [node.input[0], names["pads"]], [padded], name=padded),
         make(
             "Resize",
@@ -513,6 +623,10 @@ def _as_resize(onnx, node, weights: dict[str, np.ndarray]) -> list | None:
             name=f"{prefix}/slice",
         ),
     ]
+    if same:
+        bounds = [names["same_starts"], names["same_ends"], names["axes"]]
+        nodes.append(make("Slice", [resized, *bounds], [same], name=f"{prefix}/same_slice"))
+    return nodes
 
 
 def _per_channel(onnx, node, weights: dict[str, np.ndarray]) -> None:
