@@ -62,6 +62,9 @@ CALIBRATION_IMAGES = 100
 """int8: this many train images, a seeded sample of the whole split, calibrate the activations."""
 CALIBRATION_SEED = 0
 ONNX_OPSET = 17
+SAME_SLICE = "same_slice"
+"""Name (after the layer's prefix) of the Slice that crops an upsampling's Resize to TF's
+"same" size (`_as_resize`), where `_crop_in_upsampling` finds it."""
 
 UINT8_CLASSES = np.iinfo(np.uint8).max + 1
 """Masks are uint8: 256 class indices at most (a dataset's classes are fewer, see
@@ -409,7 +412,7 @@ def _transposed_paddings(model: keras.Model, variables: list, names: list[str]) 
     }
 
 
-def _bind_weights(onnx, graph, weights: dict[str, np.ndarray], paddings=None) -> None:
+def _bind_weights(onnx, graph, weights: dict[str, np.ndarray], paddings: dict[str, str]) -> None:
     """Turn the weight inputs of a converted graph into initializers, in ONNX's layout.
 
     tf2onnx sees the weights as inputs, so it leaves a `Transpose` (TF's HWIO -> ONNX's OIHW)
@@ -425,13 +428,9 @@ def _bind_weights(onnx, graph, weights: dict[str, np.ndarray], paddings=None) ->
     Nodes whose outputs nothing reads any more are dropped; only arrays the graph reads are
     bound.
     """
-    paddings = paddings or {}
     inputs = set(weights)  # the graph inputs that are weights
     origin = {name: name for name in weights}  # array -> the weight input it came from
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph.node)
     unread = {name: len(nodes) for name, nodes in readers.items()}  # to free arrays early
     kept, replaced = [], set()
     for node in graph.node:
@@ -464,7 +463,15 @@ def _bind_weights(onnx, graph, weights: dict[str, np.ndarray], paddings=None) ->
     used = {name for node in graph.node for name in node.input}
     for name in [name for name in weights if name in used]:
         graph.initializer.append(onnx.numpy_helper.from_array(weights.pop(name), name))
-    weights.clear()
+
+
+def _readers(nodes) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
 
 
 def _live(nodes: list, outputs: set[str]) -> list:
@@ -500,16 +507,13 @@ def _crop_in_upsampling(onnx, graph) -> None:
     fewer. A graph not so is left as it is.
     """
     constants = {i.name: i for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph.node)
 
     def only_reader(name: str, op_type: str):
         nodes = readers.get(name, [])
         return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
 
-    upsampling = [n for n in graph.node if n.name.endswith("/same_slice")]
+    upsampling = [n for n in graph.node if n.name.endswith(f"/{SAME_SLICE}")]
     if not upsampling:
         return
     same = upsampling[-1]
@@ -625,7 +629,7 @@ def _as_resize(onnx, node, weights: dict[str, np.ndarray], same: str | None = No
     ]
     if same:
         bounds = [names["same_starts"], names["same_ends"], names["axes"]]
-        nodes.append(make("Slice", [resized, *bounds], [same], name=f"{prefix}/same_slice"))
+        nodes.append(make("Slice", [resized, *bounds], [same], name=f"{prefix}/{SAME_SLICE}"))
     return nodes
 
 
