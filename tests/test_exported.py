@@ -15,17 +15,12 @@ from kfcn.cli import main
 from kfcn.data.records import decode_example, list_shards
 from kfcn.errors import ModelError
 from kfcn.evaluate import evaluate_model
-from kfcn.export import (
-    ONNX_OPSET,
-    _as_resize,
-    calibration_images,
-    calibration_positions,
-    export_model,
-)
+from kfcn.export import ONNX_OPSET, calibration_images, calibration_positions, export_model
 from kfcn.exported import load_exported, model_format, tflite_metadata
 from kfcn.fitting import fit_image, fit_uint8, fitted_size, unfit_probabilities
 from kfcn.inference import TTA
 from kfcn.models.fcn import bilinear_kernel
+from kfcn.onnx_graph import _as_resize
 from kfcn.padding import IMAGENET_MEAN_RGB, predict_classes
 from kfcn.predict import predict_images
 
@@ -395,3 +390,73 @@ def test_onnx_without_the_extra_names_it(tiny, exports, monkeypatch, tmp_path):
 def test_export_onnx_refuses_tflite_options(tiny, tmp_path):
     with pytest.raises(ModelError, match="--size is for --format tflite"):
         export_model(tiny[0], "onnx", tmp_path / "x.onnx", size=SIZE)
+
+
+def _preprocessing_graph(onnx, subtracted: np.ndarray, kernel: np.ndarray):
+    """tf2onnx's layout of kfcn's preprocessing: image (H, W, 3) uint8 -> Cast -> Split -> Pad
+    each channel with its mean to (H + 3, W + 5) -> Concat -> Unsqueeze -> Gather (RGB -> BGR)
+    -> Sub `subtracted` -> Transpose (NCHW) -> Conv `kernel`."""
+    helper, from_array = onnx.helper, onnx.numpy_helper.from_array
+    constants = {
+        "pads": np.array([0, 0, 0, 3, 5, 0], np.int64),
+        "batch": np.array([0], np.int64),
+        "bgr": np.array([2, 1, 0], np.int64),
+        "subtracted": subtracted.astype(np.float32),
+        "w": kernel,
+        **{f"mean{c}": np.array(m, np.float32) for c, m in enumerate(IMAGENET_MEAN_RGB)},
+    }
+    make = helper.make_node
+    nodes = [
+        make("Cast", ["image"], ["float"], to=onnx.TensorProto.FLOAT),
+        make("Split", ["float"], ["r", "g", "b"], axis=-1),
+        *[make("Pad", [c, "pads", f"mean{i}"], [f"{c}_pad"]) for i, c in enumerate("rgb")],
+        make("Concat", ["r_pad", "g_pad", "b_pad"], ["padded"], axis=2),
+        make("Unsqueeze", ["padded", "batch"], ["batched"]),
+        make("Gather", ["batched", "bgr"], ["bgr_image"], axis=-1),
+        make("Sub", ["bgr_image", "subtracted"], ["centred"]),
+        make("Transpose", ["centred"], ["nchw"], perm=[0, 3, 1, 2]),
+        make("Conv", ["nchw", "w"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, [None, None, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, None, None])
+    initializers = [from_array(v, k) for k, v in constants.items()]
+    graph = helper.make_graph(nodes, "g", [image], [y], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+
+
+def test_onnx_preprocessing_is_folded_into_the_first_convolution():
+    """The per-channel mean padding, RGB -> BGR and mean subtraction become Transpose -> Cast ->
+    Sub -> Pad (zeros) -> Unsqueeze with the channel order in the kernel, with the same output
+    on the padded border too; a mean that is not the padding's leaves the graph as it is."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from kfcn.onnx_graph import fold_input
+
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    bgr_mean = np.array(IMAGENET_MEAN_RGB[::-1], np.float32)
+
+    def run(model):
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"image": image})[0]
+
+    model = _preprocessing_graph(onnx, bgr_mean, kernel)
+    expected = run(model)
+    fold_input(onnx, model.graph)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == [
+        "Transpose", "Cast", "Sub", "Gather", "Pad", "Unsqueeze", "Conv"
+    ]  # fmt: skip
+    folded = run(model)
+    assert folded.shape == expected.shape == (1, 4, 12, 16)
+    np.testing.assert_allclose(folded, expected, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(folded[..., 9:, :], expected[..., 9:, :], rtol=0, atol=1e-3)
+    used = {name for node in model.graph.node for name in node.input}
+    assert {i.name for i in model.graph.initializer} <= used
+    other = _preprocessing_graph(onnx, bgr_mean + 1, kernel)  # not the padding's mean
+    before = other.SerializeToString()
+    fold_input(onnx, other.graph)
+    assert other.SerializeToString() == before

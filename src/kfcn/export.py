@@ -23,9 +23,10 @@ Both formats hold the whole inference path, so a server needs neither kfcn nor K
   are then bound as the graph's initializers: nothing freezes 0.5 GB of constants into a TF
   graph for tf2onnx to copy (its SavedModel path deep-copies the whole graph, weights included,
   once per optimizer pass, and ran out of memory on VGG16). Pad and crop are plain `tf.pad` and
-  `tf.slice` (see `kfcn.padding`), which become ONNX `Pad` and `Slice` nodes. The fixed
-  bilinear upsampling is written as ONNX `Resize` (the same interpolation, faster in ONNX
-  Runtime than a transposed convolution).
+  `tf.slice` (see `kfcn.padding`), which become ONNX `Pad` and `Slice` nodes. `kfcn.onnx_graph`
+  then rewrites what ONNX Runtime runs slowly into nodes that compute the same values: the
+  fixed bilinear upsampling as `Resize` (faster than a transposed convolution), and the
+  image's padding, mean and channel order in the first convolution's layout.
 
 The SavedModel writes `assets.extra/kfcn.json`, TFLite `OUT.json` next to the file and a `kfcn`
 metadata entry inside it (with the input size, the quantization and the fitting, see
@@ -49,12 +50,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfcn import onnx_graph
 from kfcn.choices import EXPORT_FORMATS, QUANTIZATIONS
 from kfcn.errors import ModelError
 from kfcn.exported import INFO_FILE, ONNX_EXTRA, SIGNATURE, with_tflite_metadata
 from kfcn.fitting import FITTING, fit_uint8
 from kfcn.images import write_atomic
-from kfcn.models.fcn import bilinear_kernel
 from kfcn.padding import crop_to, input_multiple, pad_image
 
 CALIBRATION_SPLIT = "train"
@@ -62,9 +63,6 @@ CALIBRATION_IMAGES = 100
 """int8: this many train images, a seeded sample of the whole split, calibrate the activations."""
 CALIBRATION_SEED = 0
 ONNX_OPSET = 17
-SAME_SLICE = "same_slice"
-"""Name (after the layer's prefix) of the Slice that crops an upsampling's Resize to TF's
-"same" size (`_as_resize`), where `_crop_in_upsampling` finds it."""
 
 UINT8_CLASSES = np.iinfo(np.uint8).max + 1
 """Masks are uint8: 256 class indices at most (a dataset's classes are fewer, see
@@ -380,9 +378,11 @@ def export_onnx(model: keras.Model, out: str | Path, info: dict | None = None) -
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{out}: ONNX conversion failed ({reason})") from None
     weights = {name: v.numpy() for v, name in zip(variables, names, strict=True)}
-    _bind_weights(onnx, proto.graph, weights, _transposed_paddings(model, variables, names))
+    paddings = _transposed_paddings(model, variables, names)
+    onnx_graph.bind_weights(onnx, proto.graph, weights, paddings)
     del weights
-    _crop_in_upsampling(onnx, proto.graph)
+    onnx_graph.crop_in_upsampling(onnx, proto.graph)
+    onnx_graph.fold_input(onnx, proto.graph)
     meta = json.loads(_info_json(info))
     for key, value in meta.items():
         proto.metadata_props.append(
@@ -410,246 +410,6 @@ def _transposed_paddings(model: keras.Model, variables: list, names: list[str]) 
         for layer in model.layers
         if isinstance(layer, keras.layers.Conv2DTranspose) and id(layer.kernel) in name_of
     }
-
-
-def _bind_weights(onnx, graph, weights: dict[str, np.ndarray], paddings: dict[str, str]) -> None:
-    """Turn the weight inputs of a converted graph into initializers, in ONNX's layout.
-
-    tf2onnx sees the weights as inputs, so it leaves a `Transpose` (TF's HWIO -> ONNX's OIHW)
-    on each; those are applied here, once, to the arrays. A `ConvTranspose` that is the fixed
-    bilinear upsampling (`kfcn.models.fcn.bilinear_kernel`) becomes a `Resize` (see
-    `_as_resize`); one whose kernel otherwise mixes no channels (learned upsampling, every
-    off-diagonal slice zero) becomes a per-channel one (`group` = channels): the same sums
-    without the zero terms. ONNX Runtime's transposed convolution was a quarter of its time on
-    the FCN-8s; its `Resize` does the same interpolation several times faster.
-    `paddings` (weight input name -> "same" or "valid") names the Keras padding of each
-    transposed convolution's kernel: a "same" one is cropped by tf2onnx with a Slice and a Pad
-    computed from shapes at run time, which `_as_resize`'s own crop then replaces.
-    Nodes whose outputs nothing reads any more are dropped; only arrays the graph reads are
-    bound.
-    """
-    inputs = set(weights)  # the graph inputs that are weights
-    origin = {name: name for name in weights}  # array -> the weight input it came from
-    readers = _readers(graph.node)
-    unread = {name: len(nodes) for name, nodes in readers.items()}  # to free arrays early
-    kept, replaced = [], set()
-    for node in graph.node:
-        if id(node) in replaced:
-            continue
-        if node.op_type == "Transpose" and node.input[0] in weights:
-            perm = next(list(a.ints) for a in node.attribute if a.name == "perm")
-            weights[node.output[0]] = np.ascontiguousarray(weights[node.input[0]].transpose(perm))
-            origin[node.output[0]] = origin[node.input[0]]
-            unread[node.input[0]] -= 1
-            if not unread[node.input[0]]:
-                del weights[node.input[0]]
-            continue
-        if node.op_type == "ConvTranspose" and node.input[1] in weights:
-            crop = None
-            if paddings.get(origin[node.input[1]]) == "same":
-                crop = _same_crop(node, readers)
-            resize = _as_resize(onnx, node, weights, crop[1].output[0] if crop else None)
-            if resize:
-                kept.extend(resize)
-                replaced.update(id(n) for n in crop or ())
-                continue
-            _per_channel(onnx, node, weights)
-        kept.append(node)
-    del graph.node[:]
-    graph.node.extend(_live(kept, {o.name for o in graph.output}))
-    images = [i for i in graph.input if i.name not in inputs]
-    del graph.input[:]
-    graph.input.extend(images)
-    used = {name for node in graph.node for name in node.input}
-    for name in [name for name in weights if name in used]:
-        graph.initializer.append(onnx.numpy_helper.from_array(weights.pop(name), name))
-
-
-def _readers(nodes) -> dict[str, list]:
-    """Tensor name -> the nodes that read it."""
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _live(nodes: list, outputs: set[str]) -> list:
-    """`nodes` (in topological order) without those whose outputs nothing reads."""
-    needed, live = set(outputs), []
-    for node in reversed(nodes):
-        if any(name in needed for name in node.output):
-            live.append(node)
-            needed.update(node.input)
-    return live[::-1]
-
-
-def _same_crop(node, readers: dict[str, list]):
-    """(Slice, Pad): how tf2onnx crops `node`'s output (a ConvTranspose of TF's "same" padding)
-    to TF's size: a Slice, the only reader besides the Shape nodes that compute its bounds,
-    then a Pad (of zero width) reading only that. None when the graph is not so."""
-    users = [n for n in readers.get(node.output[0], []) if n.op_type != "Shape"]
-    if len(users) != 1 or users[0].op_type != "Slice":
-        return None
-    pads = readers.get(users[0].output[0], [])
-    if len(pads) != 1 or pads[0].op_type != "Pad":
-        return None
-    return users[0], pads[0]
-
-
-def _crop_in_upsampling(onnx, graph) -> None:
-    """Crop the logits to the image's size in the last upsampling's own Slice.
-
-    `_segment` crops the padded logits to the image: after the last upsampling (`_as_resize`'s
-    "same" Slice, NCHW) tf2onnx writes a Transpose to NHWC and a Slice from zero to the image's
-    size, which the padded logits always hold. Those bounds (plus the Resize's offset f) go to
-    the upsampling's Slice, and the Transpose writes the cropped tensor: one full-size copy
-    fewer. A graph not so is left as it is.
-    """
-    constants = {i.name: i for i in graph.initializer}
-    readers = _readers(graph.node)
-
-    def only_reader(name: str, op_type: str):
-        nodes = readers.get(name, [])
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
-
-    upsampling = [n for n in graph.node if n.name.endswith(f"/{SAME_SLICE}")]
-    if not upsampling:
-        return
-    same = upsampling[-1]
-    transpose = only_reader(same.output[0], "Transpose")
-    crop = transpose and only_reader(transpose.output[0], "Slice")
-    if not crop or _attributes(onnx, transpose).get("perm") != [0, 2, 3, 1] or len(crop.input) != 3:
-        return
-    starts = constants.get(crop.input[1])
-    if starts is None or np.any(onnx.numpy_helper.to_array(starts)):
-        return
-    offset = onnx.numpy_helper.to_array(constants[same.input[1]])  # (2,): f, f
-    prefix = same.name
-    extra = {
-        f"{prefix}/crop_from": np.array([1], np.int64),  # H, W in the NHWC bounds
-        f"{prefix}/crop_to": np.array([3], np.int64),
-        f"{prefix}/crop_offset": offset.astype(np.int64),
-    }
-    graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in extra.items())
-    hw, hw64, ends = (f"{prefix}/crop_{key}" for key in ("hw", "hw64", "ends"))
-    make = onnx.helper.make_node
-    bounds = [
-        make("Slice", [crop.input[2], *list(extra)[:2]], [hw], name=hw),
-        make("Cast", [hw], [hw64], name=hw64, to=onnx.TensorProto.INT64),
-        make("Add", [hw64, f"{prefix}/crop_offset"], [ends], name=ends),
-    ]
-    same.input[2] = ends
-    transpose.output[0] = crop.output[0]
-    nodes = [n for n in graph.node if n is not crop]
-    at = next(i for i, n in enumerate(nodes) if n is same)
-    del graph.node[:]
-    graph.node.extend(nodes[:at] + bounds + nodes[at:])
-
-
-def _attributes(onnx, node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _bilinear_factor(onnx, node, kernel: np.ndarray) -> int | None:
-    """f when `node` (ConvTranspose, kernel (C, C, 2f, 2f)) is the bilinear x`f` upsampling of
-    each channel with stride f and no padding of its own (f even), else None."""
-    attrs = _attributes(onnx, node)
-    channels, outputs, k_h, k_w = kernel.shape
-    factor = k_h // 2
-    plain = (
-        len(node.input) == 2  # no bias
-        and attrs.get("group", 1) == 1
-        and channels == outputs
-        and k_h == k_w == 2 * factor
-        and factor % 2 == 0
-        and list(attrs.get("strides", [])) == [factor, factor]
-        and not any(attrs.get("pads", []))
-        and not any(attrs.get("output_padding", []))
-        and "output_shape" not in attrs
-        and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-        and all(d == 1 for d in attrs.get("dilations", []))
-    )
-    if not plain:
-        return None
-    expected = np.zeros_like(kernel)
-    expected[np.arange(channels), np.arange(channels)] = bilinear_kernel(k_h, 1)[:, :, 0, 0]
-    # A kernel converted from another framework may differ in the last bit of float32.
-    return factor if np.allclose(kernel, expected, rtol=0, atol=1e-6) else None
-
-
-def _as_resize(onnx, node, weights: dict[str, np.ndarray], same: str | None = None) -> list | None:
-    """`node` (bilinear ConvTranspose, x`f`) as Pad -> Resize -> Slice nodes, or None.
-
-    The transposed convolution places input pixel j at output coordinate j*f + f - 1/2 and
-    interpolates linearly between neighbours, with zeros beyond the border: that is `Resize`
-    (linear, half-pixel centres) of the input with one row and column of zeros around it,
-    whose (n + 2) * f outputs hold the transposed convolution's (n + 1) * f from f/2 on. The
-    same sums, so the same values up to float rounding.
-
-    With `same` (a tensor name), a second Slice writes it: TF's "same" output, the n * f
-    values from f/2 on of the transposed convolution's, that is from f on of the Resize's.
-    The first Slice (the transposed convolution's own output) stays for readers of its shape
-    (`_live` drops it when there are none).
-    """
-    factor = _bilinear_factor(onnx, node, weights[node.input[1]])
-    if factor is None:
-        return None
-    prefix, half = node.name or node.output[0], factor // 2
-    constants = {
-        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),  # N, C, H, W: begins, then ends
-        "scales": np.array([1, 1, factor, factor], np.float32),
-        "starts": np.array([half, half], np.int64),
-        "ends": np.array([-half, -half], np.int64),
-        "same_starts": np.array([factor, factor], np.int64),
-        "same_ends": np.array([-factor, -factor], np.int64),
-        "axes": np.array([2, 3], np.int64),
-    }
-    names = {key: f"{prefix}/resize_{key}" for key in constants}
-    for key, value in constants.items():
-        weights[names[key]] = value
-    padded, resized = f"{prefix}/zero_border", f"{prefix}/resized"
-    make = onnx.helper.make_node
-    nodes = [
-        make("Pad", [node.input[0], names["pads"]], [padded], name=padded),
-        make(
-            "Resize",
-            [padded, "", names["scales"]],
-            [resized],
-            name=resized,
-            mode="linear",
-            coordinate_transformation_mode="half_pixel",
-        ),
-        make(
-            "Slice",
-            [resized, names["starts"], names["ends"], names["axes"]],
-            list(node.output),
-            name=f"{prefix}/slice",
-        ),
-    ]
-    if same:
-        bounds = [names["same_starts"], names["same_ends"], names["axes"]]
-        nodes.append(make("Slice", [resized, *bounds], [same], name=f"{prefix}/{SAME_SLICE}"))
-    return nodes
-
-
-def _per_channel(onnx, node, weights: dict[str, np.ndarray]) -> None:
-    """Make `node` (ConvTranspose, kernel (C, C, kh, kw)) per-channel when it mixes no channels."""
-    kernel = weights[node.input[1]]  # (C_in, C_out, kh, kw)
-    channels = kernel.shape[0]
-    if _attributes(onnx, node).get("group", 1) != 1 or kernel.shape[1] != channels or channels == 1:
-        return
-    diagonal = kernel[np.arange(channels), np.arange(channels)]  # (C, kh, kw)
-    off = kernel.copy()
-    off[np.arange(channels), np.arange(channels)] = 0
-    if np.any(off):
-        return
-    name = node.input[1] + "_per_channel"
-    weights[name] = np.ascontiguousarray(diagonal[:, np.newaxis])  # (C, 1, kh, kw)
-    node.input[1] = name
-    kept = [a for a in node.attribute if a.name != "group"]
-    del node.attribute[:]
-    node.attribute.extend([*kept, onnx.helper.make_attribute("group", channels)])
 
 
 def _onnx_modules():
