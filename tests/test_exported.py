@@ -245,14 +245,17 @@ def test_onnx_weights_are_bound_in_onnx_layout(exports):
         factor = int(onnx.numpy_helper.to_array(initializers[resize.input[2]])[2])
         assert list(onnx.numpy_helper.to_array(initializers[crop.input[1]])) == [factor] * 2
         assert "Pad" not in [n.op_type for n in readers[crop.output[0]]]
-    # The crop to the image's size is the last upsampling's Slice: Resize -> Slice -> Transpose
-    # (NCHW -> NHWC) -> Squeeze -> Softmax, no other full-size copy.
+    # The crop to the image's size is the last upsampling's Slice, and that upsampling runs
+    # channels last: Transpose (NCHW -> NHWC, of its small input) -> Resize -> Slice -> Squeeze
+    # -> Softmax, no other full-size copy.
     writer = {name: node for node in graph.node for name in node.output}
     chain, node = [], next(n for n in graph.node if n.op_type == "Softmax")
-    while node.op_type != "Resize":
+    while node.op_type != "Pad":
         chain.append(node.op_type)
         node = writer[node.input[0]]
-    assert chain == ["Softmax", "Squeeze", "Transpose", "Slice"]
+    assert chain == ["Softmax", "Squeeze", "Slice", "Resize", "Transpose"]
+    last = resizes[-1]
+    assert list(onnx.numpy_helper.to_array(initializers[last.input[2]])) == [1, 8, 8, 1]
 
 
 def _transposed_convolution(onnx, kernel: np.ndarray, stride: int):

@@ -106,13 +106,16 @@ def _same_crop(node, readers: dict[str, list]):
 
 
 def crop_in_upsampling(onnx, graph) -> None:
-    """Crop the logits to the image's size in the last upsampling's own Slice.
+    """Crop the logits to the image's size in the last upsampling's own Slice, channels last.
 
     `_segment` crops the padded logits to the image: after the last upsampling (`_as_resize`'s
     "same" Slice, NCHW) tf2onnx writes a Transpose to NHWC and a Slice from zero to the image's
     size, which the padded logits always hold. Those bounds (plus the Resize's offset f) go to
-    the upsampling's Slice, and the Transpose writes the cropped tensor: one full-size copy
-    fewer. A graph not so is left as it is.
+    the upsampling's Slice. When nothing else reads that Resize, the Transpose moves before it,
+    to its (f x smaller) input: ONNX Runtime's channels-last Resize interpolates several times
+    faster, and its Slice writes the cropped NHWC logits, two full-size copies fewer (the same
+    interpolation of the same values). Otherwise the Transpose writes the cropped tensor. A
+    graph not so is left as it is.
     """
     constants = {i.name: i for i in graph.initializer}
     readers = _readers(graph.node)
@@ -148,9 +151,36 @@ def crop_in_upsampling(onnx, graph) -> None:
         make("Add", [hw64, f"{prefix}/crop_offset"], [ends], name=ends),
     ]
     same.input[2] = ends
-    transpose.output[0] = crop.output[0]
-    nodes = [n for n in graph.node if n is not crop]
-    at = next(i for i, n in enumerate(nodes) if n is same)
+    writer = {name: node for node in graph.node for name in node.output}
+    resize = writer.get(same.input[0])
+    dropped = [crop]
+    if resize is not None and resize.op_type == "Resize" and readers[resize.output[0]] == [same]:
+        scales = onnx.numpy_helper.to_array(constants[resize.input[2]])  # (4,): 1, 1, f, f
+        nhwc = {
+            f"{prefix}/nhwc_scales": scales[[0, 2, 3, 1]],
+            f"{prefix}/nhwc_axes": np.array([1, 2], np.int64),
+        }
+        graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in nhwc.items())
+        channels_last = f"{prefix}/nhwc"
+        bounds.insert(
+            0,
+            make(
+                "Transpose",
+                [resize.input[0]],
+                [channels_last],
+                name=channels_last,
+                perm=[0, 2, 3, 1],
+            ),
+        )
+        resize.input[0], resize.input[2] = channels_last, f"{prefix}/nhwc_scales"
+        same.input[3], same.output[0] = f"{prefix}/nhwc_axes", crop.output[0]
+        dropped.append(transpose)
+        at_node = resize
+    else:
+        transpose.output[0] = crop.output[0]
+        at_node = same
+    nodes = [n for n in graph.node if all(n is not d for d in dropped)]
+    at = next(i for i, n in enumerate(nodes) if n is at_node)
     del graph.node[:]
     graph.node.extend(nodes[:at] + bounds + nodes[at:])
 
