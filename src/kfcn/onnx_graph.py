@@ -319,20 +319,8 @@ def fold_input(onnx, graph) -> None:
     permuted = np.empty_like(weights)
     permuted[:, found["order"]] = weights  # input channel j reads image channel order[j]
     kernel.CopyFrom(from_array(permuted, kernel.name))
-    names = {
-        key: f"{INPUT_FOLD}/{key}"
-        for key in (
-            "chw",
-            "float",
-            "mean",
-            "centred",
-            "pads_order",
-            "pads",
-            "zero",
-            "padded",
-            "batch",
-        )
-    }
+    keys = "chw float mean centred pads_order pads zero padded batch".split()
+    names = {key: f"{INPUT_FOLD}/{key}" for key in keys}
     graph.initializer.extend(
         [
             from_array(found["mean"].reshape(3, 1, 1), names["mean"]),
@@ -378,9 +366,9 @@ def fold_input(onnx, graph) -> None:
     del graph.node[:]
     graph.node.extend(_live(kept, {o.name for o in graph.output}))
     used = {name for node in graph.node for name in node.input}
-    unused = [i for i in graph.initializer if i.name not in used]
-    for initializer in unused:
-        graph.initializer.remove(initializer)
+    for index in reversed(range(len(graph.initializer))):  # by index: no array comparisons
+        if graph.initializer[index].name not in used:
+            del graph.initializer[index]
 
 
 def _input_chain(onnx, graph) -> dict | None:
