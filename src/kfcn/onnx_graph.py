@@ -371,6 +371,22 @@ def fold_input(onnx, graph) -> None:
             del graph.initializer[index]
 
 
+class _Constants:
+    """Initializer name -> its array, converted when asked for: a model's weights are not
+    copied out of the graph to read a few small constants."""
+
+    def __init__(self, onnx, graph):
+        self._protos = {i.name: i for i in graph.initializer}
+        self._to_array = onnx.numpy_helper.to_array
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._protos
+
+    def get(self, name: str, default=None):
+        proto = self._protos.get(name)
+        return default if proto is None else self._to_array(proto)
+
+
 def _input_chain(onnx, graph) -> dict | None:
     """The nodes `fold_input` replaces, and what it needs to know of them, or None.
 
@@ -381,7 +397,7 @@ def _input_chain(onnx, graph) -> dict | None:
     """
     if len(graph.input) != 1:
         return None
-    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    constants = _Constants(onnx, graph)
     readers = _readers(graph.node)
 
     def only(name: str, op_type: str, skip_shapes: bool = False):
@@ -472,7 +488,7 @@ def _input_chain(onnx, graph) -> dict | None:
     }
 
 
-def _slices_all_of_the_batch(node, constants: dict) -> bool:
+def _slices_all_of_the_batch(node, constants: _Constants) -> bool:
     """Whether a Slice (after the batch axis of 1 was added) takes all of axis 0 and no other."""
     starts, ends = constants.get(node.input[1]), constants.get(node.input[2])
     axes = constants.get(node.input[3]) if len(node.input) > 3 and node.input[3] else np.array([0])
