@@ -226,6 +226,7 @@ def test_onnx_weights_are_bound_in_onnx_layout(exports):
     to TF's "same" size by one Slice (not tf2onnx's crop and zero Pad computed from shapes); the
     masks stay the Keras model's (the scoring tests, on images of other sizes than the padded)."""
     onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(str(_onnx(exports)))  # nodes in order, every input written
     graph = onnx.load(str(_onnx(exports))).graph
     initializers = {i.name: i for i in graph.initializer}
     assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
@@ -463,3 +464,25 @@ def test_onnx_preprocessing_is_folded_into_the_first_convolution():
     before = other.SerializeToString()
     fold_input(onnx, other.graph)
     assert other.SerializeToString() == before
+
+
+@pytest.mark.parametrize("variant", ["fcn32", "fcn16"])
+def test_onnx_matches_the_saved_model_for_each_variant(variant, tmp_path):
+    """FCN-32s and FCN-16s (one and two upsamplings, the last one cropped in its own Slice)
+    give the SavedModel's probabilities at an odd size, which pads and crops."""
+    pytest.importorskip("onnxruntime")
+    from kfcn.config import Config
+    from kfcn.export import export_onnx, export_saved_model
+    from kfcn.models import build_fcn, make_info
+
+    info = make_info(variant, Config())
+    model = build_fcn(variant, len(info["class_names"]), backbone_weights="none", widths="small")
+    image = np.random.default_rng(11).integers(0, 256, (117, 203, 3), dtype=np.uint8)
+    saved = load_exported(export_saved_model(model, tmp_path / "sm", info)).segment(image)
+    onnx_file = export_onnx(model, tmp_path / "m.onnx", info)
+    onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(str(onnx_file))  # nodes in order, every input written
+    onnx_out = load_exported(onnx_file).segment(image)
+    assert onnx_out[1].shape == saved[1].shape == (117, 203, len(info["class_names"]))
+    np.testing.assert_allclose(onnx_out[1], saved[1], rtol=0, atol=1e-4)
+    assert (onnx_out[0] == saved[0]).mean() >= 0.999

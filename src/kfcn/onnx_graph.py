@@ -128,6 +128,8 @@ def crop_in_upsampling(onnx, graph) -> None:
     if not upsampling:
         return
     same = upsampling[-1]
+    if same.op_type != "Slice" or len(same.input) != 4 or same.input[1] not in constants:
+        return
     transpose = only_reader(same.output[0], "Transpose")
     crop = transpose and only_reader(transpose.output[0], "Slice")
     if not crop or _attributes(onnx, transpose).get("perm") != [0, 2, 3, 1] or len(crop.input) != 3:
@@ -135,6 +137,15 @@ def crop_in_upsampling(onnx, graph) -> None:
     starts = constants.get(crop.input[1])
     if starts is None or np.any(onnx.numpy_helper.to_array(starts)):
         return
+    writer = {name: node for node in graph.node for name in node.output}
+    resize = writer.get(same.input[0])
+    channels_last = (
+        resize is not None
+        and resize.op_type == "Resize"
+        and readers[resize.output[0]] == [same]
+        and len(resize.input) == 3
+        and resize.input[2] in constants
+    )
     offset = onnx.numpy_helper.to_array(constants[same.input[1]])  # (2,): f, f
     prefix = same.name
     extra = {
@@ -151,28 +162,20 @@ def crop_in_upsampling(onnx, graph) -> None:
         make("Add", [hw64, f"{prefix}/crop_offset"], [ends], name=ends),
     ]
     same.input[2] = ends
-    writer = {name: node for node in graph.node for name in node.output}
-    resize = writer.get(same.input[0])
     dropped = [crop]
-    if resize is not None and resize.op_type == "Resize" and readers[resize.output[0]] == [same]:
+    if channels_last:
         scales = onnx.numpy_helper.to_array(constants[resize.input[2]])  # (4,): 1, 1, f, f
         nhwc = {
             f"{prefix}/nhwc_scales": scales[[0, 2, 3, 1]],
             f"{prefix}/nhwc_axes": np.array([1, 2], np.int64),
         }
         graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in nhwc.items())
-        channels_last = f"{prefix}/nhwc"
+        nhwc_input = f"{prefix}/nhwc"
         bounds.insert(
             0,
-            make(
-                "Transpose",
-                [resize.input[0]],
-                [channels_last],
-                name=channels_last,
-                perm=[0, 2, 3, 1],
-            ),
+            make("Transpose", [resize.input[0]], [nhwc_input], name=nhwc_input, perm=[0, 2, 3, 1]),
         )
-        resize.input[0], resize.input[2] = channels_last, f"{prefix}/nhwc_scales"
+        resize.input[0], resize.input[2] = nhwc_input, f"{prefix}/nhwc_scales"
         same.input[3], same.output[0] = f"{prefix}/nhwc_axes", crop.output[0]
         dropped.append(transpose)
         at_node = resize
@@ -181,8 +184,25 @@ def crop_in_upsampling(onnx, graph) -> None:
         at_node = same
     nodes = [n for n in graph.node if all(n is not d for d in dropped)]
     at = next(i for i, n in enumerate(nodes) if n is at_node)
+    ordered = _in_order(nodes[:at] + bounds + nodes[at:], graph)
     del graph.node[:]
-    graph.node.extend(nodes[:at] + bounds + nodes[at:])
+    graph.node.extend(ordered)
+
+
+def _in_order(nodes: list, graph) -> list:
+    """`nodes` in an order where each comes after the writers of its inputs, otherwise as
+    given (a node waits only until its inputs are written)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, waiting = [], list(nodes)
+    while waiting:
+        ready = [n for n in waiting if all(name in known for name in n.input)]
+        if not ready:
+            raise ValueError(f"ONNX graph has a cycle or an unwritten input at {waiting[0].name}")
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+        waiting = [n for n in waiting if all(n is not r for r in ready)]
+    return ordered
 
 
 def _attributes(onnx, node) -> dict:
