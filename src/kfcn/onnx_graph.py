@@ -82,6 +82,13 @@ def _readers(nodes) -> dict[str, list]:
     return readers
 
 
+def _only_reader(readers: dict[str, list], name: str, op_type: str, skip_shapes: bool = False):
+    """The one node that reads `name`, when it is an `op_type` (with `skip_shapes`, not
+    counting Shape nodes, which read only its shape), else None."""
+    nodes = [n for n in readers.get(name, []) if not (skip_shapes and n.op_type == "Shape")]
+    return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+
+
 def _live(nodes: list, outputs: set[str]) -> list:
     """`nodes` (in topological order) without those whose outputs nothing reads."""
     needed, live = set(outputs), []
@@ -96,13 +103,9 @@ def _same_crop(node, readers: dict[str, list]):
     """(Slice, Pad): how tf2onnx crops `node`'s output (a ConvTranspose of TF's "same" padding)
     to TF's size: a Slice, the only reader besides the Shape nodes that compute its bounds,
     then a Pad (of zero width) reading only that. None when the graph is not so."""
-    users = [n for n in readers.get(node.output[0], []) if n.op_type != "Shape"]
-    if len(users) != 1 or users[0].op_type != "Slice":
-        return None
-    pads = readers.get(users[0].output[0], [])
-    if len(pads) != 1 or pads[0].op_type != "Pad":
-        return None
-    return users[0], pads[0]
+    crop = _only_reader(readers, node.output[0], "Slice", skip_shapes=True)
+    pad = crop and _only_reader(readers, crop.output[0], "Pad")
+    return (crop, pad) if pad else None
 
 
 def crop_in_upsampling(onnx, graph) -> None:
@@ -117,25 +120,20 @@ def crop_in_upsampling(onnx, graph) -> None:
     interpolation of the same values). Otherwise the Transpose writes the cropped tensor. A
     graph not so is left as it is.
     """
-    constants = {i.name: i for i in graph.initializer}
+    constants = _Constants(onnx, graph)
     readers = _readers(graph.node)
-
-    def only_reader(name: str, op_type: str):
-        nodes = readers.get(name, [])
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
-
     upsampling = [n for n in graph.node if n.name.endswith(f"/{SAME_SLICE}")]
     if not upsampling:
         return
     same = upsampling[-1]
     if same.op_type != "Slice" or len(same.input) != 4 or same.input[1] not in constants:
         return
-    transpose = only_reader(same.output[0], "Transpose")
-    crop = transpose and only_reader(transpose.output[0], "Slice")
+    transpose = _only_reader(readers, same.output[0], "Transpose")
+    crop = transpose and _only_reader(readers, transpose.output[0], "Slice")
     if not crop or _attributes(onnx, transpose).get("perm") != [0, 2, 3, 1] or len(crop.input) != 3:
         return
     starts = constants.get(crop.input[1])
-    if starts is None or np.any(onnx.numpy_helper.to_array(starts)):
+    if starts is None or np.any(starts):
         return
     writer = {name: node for node in graph.node for name in node.output}
     resize = writer.get(same.input[0])
@@ -146,7 +144,7 @@ def crop_in_upsampling(onnx, graph) -> None:
         and len(resize.input) == 3
         and resize.input[2] in constants
     )
-    offset = onnx.numpy_helper.to_array(constants[same.input[1]])  # (2,): f, f
+    offset = constants.get(same.input[1])  # (2,): f, f
     prefix = same.name
     extra = {
         f"{prefix}/crop_from": np.array([1], np.int64),  # H, W in the NHWC bounds
@@ -164,7 +162,7 @@ def crop_in_upsampling(onnx, graph) -> None:
     same.input[2] = ends
     dropped = [crop]
     if channels_last:
-        scales = onnx.numpy_helper.to_array(constants[resize.input[2]])  # (4,): 1, 1, f, f
+        scales = constants.get(resize.input[2])  # (4,): 1, 1, f, f
         nhwc = {
             f"{prefix}/nhwc_scales": scales[[0, 2, 3, 1]],
             f"{prefix}/nhwc_axes": np.array([1, 2], np.int64),
@@ -201,7 +199,8 @@ def _in_order(nodes: list, graph) -> list:
         for node in ready:
             ordered.append(node)
             known.update(node.output)
-        waiting = [n for n in waiting if all(n is not r for r in ready)]
+        done = {id(n) for n in ready}
+        waiting = [n for n in waiting if id(n) not in done]
     return ordered
 
 
@@ -420,17 +419,13 @@ def _input_chain(onnx, graph) -> dict | None:
     constants = _Constants(onnx, graph)
     readers = _readers(graph.node)
 
-    def only(name: str, op_type: str, skip_shapes: bool = False):
-        nodes = [n for n in readers.get(name, []) if not (skip_shapes and n.op_type == "Shape")]
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
-
     def axis(node, default=0) -> int:
         return _attributes(onnx, node).get("axis", default)
 
-    cast = only(graph.input[0].name, "Cast", skip_shapes=True)
+    cast = _only_reader(readers, graph.input[0].name, "Cast", skip_shapes=True)
     if cast is None or _attributes(onnx, cast).get("to") != onnx.TensorProto.FLOAT:
         return None
-    split = only(cast.output[0], "Split", skip_shapes=True)
+    split = _only_reader(readers, cast.output[0], "Split", skip_shapes=True)
     if split is None or axis(split) not in (-1, 2) or len(split.output) != 3:
         return None
     if (
@@ -439,7 +434,7 @@ def _input_chain(onnx, graph) -> dict | None:
         and list(constants.get(split.input[1], [])) != [1, 1, 1]
     ):
         return None
-    pads = [only(name, "Pad") for name in split.output]
+    pads = [_only_reader(readers, name, "Pad") for name in split.output]
     if not all(pads) or len({p.input[1] for p in pads}) != 1 or len(pads[0].input) != 3:
         return None
     if any(_attributes(onnx, p).get("mode", b"constant") != b"constant" for p in pads):
@@ -448,7 +443,7 @@ def _input_chain(onnx, graph) -> dict | None:
     if any(v is None or v.size != 1 for v in values):
         return None
     mean = np.array([v.item() for v in values], np.float32)
-    concat = only(pads[0].output[0], "Concat")
+    concat = _only_reader(readers, pads[0].output[0], "Concat")
     if (
         concat is None
         or list(concat.input) != [p.output[0] for p in pads]
@@ -488,11 +483,11 @@ def _input_chain(onnx, graph) -> dict | None:
             break
         else:
             return None
-    transpose = only(node.output[0], "Transpose")
+    transpose = _only_reader(readers, node.output[0], "Transpose")
     if transpose is None or _attributes(onnx, transpose).get("perm") != [0, 3, 1, 2]:
         return None
     replaced.append(transpose)
-    conv = only(transpose.output[0], "Conv")
+    conv = _only_reader(readers, transpose.output[0], "Conv")
     if conv is None or conv.input[1] not in constants or len(readers[conv.input[1]]) != 1:
         return None
     if _attributes(onnx, conv).get("group", 1) != 1:
